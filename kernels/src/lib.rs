@@ -1,0 +1,27 @@
+//! wick-kernels: wick's own tensor ops, each a candle op with a CPU reference
+//! implementation that the CUDA kernels (to come, under the `cuda` feature) are checked
+//! against.
+//!
+//! The ops work over the paged KV cache. Per layer there is one key and one value tensor,
+//! both `[num_blocks, block_size, num_kv_heads, head_dim]`, contiguous (FlashAttention's
+//! paged "NHD" layout). The token at `offset` of block `block_id` lives in slot
+//! `block_id * block_size + offset`; a slot's keys for all heads are one contiguous row of
+//! `num_kv_heads * head_dim` elements.
+//!
+//! - [`reshape_and_cache`] writes a step's new keys and values into their slots.
+//! - [`paged_attention`] runs causal attention of a ragged batch of queries (prefill,
+//!   chunked prefill and decode mixed) over the keys and values in the cache.
+//!
+//! Both take f32, f16 or bf16 storage and compute in f32. Bad input (shapes, dtypes, slots
+//! or block ids out of range) is a candle error, never a panic or an out-of-bounds access.
+//! Neither op is implemented on CUDA yet: there they return candle's "no cuda
+//! implementation" error.
+
+mod attention_cpu;
+mod cache;
+mod cpu_util;
+mod paged_attention;
+mod simd;
+
+pub use cache::reshape_and_cache;
+pub use paged_attention::{paged_attention, PagedAttentionMetadata};

@@ -1,0 +1,177 @@
+//! `paged_attention` against the naive dense reference: decode, prefill, chunked prefill
+//! and their mixes; GQA ratios 1, 3 and 8; head_dim 64 and 128; several block sizes;
+//! sliding windows; f32, f16 and bf16; padding rows; batch invariance.
+
+use crate::support::{device_tests, rng, seq, Batch, Case};
+use candle_core::{DType, Device, Result, Tensor};
+
+/// A ragged mix: decode, full prefill, chunked prefill, on and off block boundaries.
+fn mixed() -> Vec<crate::support::SeqSpec> {
+    vec![
+        seq(1, 1),   // first token of a prompt
+        seq(37, 1),  // decode, last block partly filled
+        seq(23, 23), // full prefill
+        seq(48, 13), // chunked prefill ending on a block boundary
+        seq(30, 1),  // decode
+        seq(41, 9),  // chunked prefill starting mid-block
+    ]
+}
+
+fn decode_batch(dev: &Device) -> Result<()> {
+    let case = Case::new(
+        4,
+        4,
+        64,
+        &[seq(1, 1), seq(5, 1), seq(16, 1), seq(17, 1), seq(40, 1)],
+    );
+    Batch::new(&case, &mut rng(1), dev)?.check()
+}
+
+fn prefill_batch(dev: &Device) -> Result<()> {
+    let case = Case::new(6, 2, 128, &[seq(1, 1), seq(7, 7), seq(33, 33), seq(16, 16)]);
+    Batch::new(&case, &mut rng(2), dev)?.check()
+}
+
+fn mixed_batch_gqa_1_3_8(dev: &Device) -> Result<()> {
+    for (i, (heads, kv_heads)) in [(2, 2), (6, 2), (8, 1)].into_iter().enumerate() {
+        for head_dim in [64, 128] {
+            let case = Case::new(heads, kv_heads, head_dim, &mixed());
+            Batch::new(&case, &mut rng(10 + i as u64), dev)?.check()?;
+        }
+    }
+    Ok(())
+}
+
+fn block_sizes(dev: &Device) -> Result<()> {
+    for (i, block_size) in [1, 5, 8, 16, 32].into_iter().enumerate() {
+        let mut case = Case::new(6, 2, 64, &mixed());
+        case.block_size = block_size;
+        Batch::new(&case, &mut rng(20 + i as u64), dev)?.check()?;
+    }
+    Ok(())
+}
+
+fn long_prefill_many_tiles(dev: &Device) -> Result<()> {
+    // Tiles of query rows (32 / group) split this prompt several times over.
+    let mut case = Case::new(3, 1, 64, &[seq(150, 150), seq(90, 70), seq(12, 1)]);
+    case.block_size = 16;
+    Batch::new(&case, &mut rng(30), dev)?.check()
+}
+
+fn sliding_window(dev: &Device) -> Result<()> {
+    for (i, window) in [1, 3, 16, 20, 1000].into_iter().enumerate() {
+        for block_size in [5, 16] {
+            let mut case = Case::new(4, 2, 64, &mixed());
+            case.sliding_window = Some(window);
+            case.block_size = block_size;
+            Batch::new(&case, &mut rng(40 + i as u64), dev)?.check()?;
+        }
+    }
+    Ok(())
+}
+
+fn half_dtypes(dev: &Device) -> Result<()> {
+    for (i, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
+        for (heads, kv_heads, head_dim) in [(6, 2, 128), (8, 1, 64)] {
+            let mut case = Case::new(heads, kv_heads, head_dim, &mixed());
+            case.dtype = dtype;
+            Batch::new(&case, &mut rng(50 + i as u64), dev)?.check()?;
+            case.sliding_window = Some(7);
+            Batch::new(&case, &mut rng(52 + i as u64), dev)?.check()?;
+        }
+    }
+    Ok(())
+}
+
+fn sharp_softmax_is_stable(dev: &Device) -> Result<()> {
+    // Scores in the hundreds: exp without subtracting the max would overflow. Score
+    // rounding is amplified that much too, hence the looser tolerance.
+    let mut case = Case::new(4, 2, 64, &mixed());
+    case.scale_mul = 100.0;
+    Batch::new(&case, &mut rng(60), dev)?.check_with((1e-3, 1e-3))
+}
+
+fn padding_rows_are_zero_and_empty_seqs_skipped(dev: &Device) -> Result<()> {
+    let mut case = Case::new(4, 1, 64, &[seq(9, 3), seq(20, 0), seq(5, 1)]);
+    case.pad_rows = 3;
+    Batch::new(&case, &mut rng(70), dev)?.check()
+}
+
+fn non_contiguous_q(dev: &Device) -> Result<()> {
+    let case = Case::new(4, 2, 64, &mixed());
+    let mut batch = Batch::new(&case, &mut rng(80), dev)?;
+    let want = batch.run()?;
+    // Same values, laid out [heads, tokens, d] and viewed back as [tokens, heads, d].
+    batch.q = batch.q.transpose(0, 1)?.contiguous()?.transpose(0, 1)?;
+    assert!(!batch.q.is_contiguous());
+    let got = batch.run()?;
+    assert_eq!(to_vec(&got)?, to_vec(&want)?);
+    Ok(())
+}
+
+fn batch_invariance(dev: &Device) -> Result<()> {
+    // Each sequence's output alone equals its rows of the batched output, bit for bit.
+    let case = Case::new(6, 2, 64, &mixed());
+    let batch = Batch::new(&case, &mut rng(90), dev)?;
+    let all = batch.run()?;
+    let mut row = 0;
+    for (s, spec) in case.seqs.iter().enumerate() {
+        let width = batch.meta.block_tables.dim(1)?;
+        let alone = wick_kernels::PagedAttentionMetadata {
+            block_tables: batch
+                .meta
+                .block_tables
+                .narrow(0, s, 1)?
+                .reshape((1, width))?,
+            cu_seqlens_q: Tensor::new(&[0u32, spec.q_len as u32], dev)?,
+            seq_lens: Tensor::new(&[spec.seq_len as u32], dev)?,
+            max_seqlen_q: spec.q_len,
+            max_seq_len: spec.seq_len,
+        };
+        let q = batch.q.narrow(0, row, spec.q_len)?;
+        let out = wick_kernels::paged_attention(
+            &q,
+            &batch.key_cache,
+            &batch.value_cache,
+            &alone,
+            case.softmax_scale(),
+            None,
+        )?;
+        assert_eq!(
+            to_vec(&out)?,
+            to_vec(&all.narrow(0, row, spec.q_len)?)?,
+            "seq {s}"
+        );
+        row += spec.q_len;
+    }
+    Ok(())
+}
+
+fn cache_views_with_offsets(dev: &Device) -> Result<()> {
+    // K and V caches as two halves of one allocation (non-zero start offset for V).
+    let case = Case::new(4, 2, 64, &mixed());
+    let mut batch = Batch::new(&case, &mut rng(100), dev)?;
+    let both = Tensor::stack(&[&batch.key_cache, &batch.value_cache], 0)?;
+    batch.key_cache = both.get(0)?;
+    batch.value_cache = both.get(1)?;
+    batch.check()
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+device_tests!(
+    decode_batch,
+    prefill_batch,
+    mixed_batch_gqa_1_3_8,
+    block_sizes,
+    long_prefill_many_tiles,
+    sliding_window,
+    half_dtypes,
+    sharp_softmax_is_stable,
+    padding_rows_are_zero_and_empty_seqs_skipped,
+    non_contiguous_q,
+    batch_invariance,
+    cache_views_with_offsets,
+);

@@ -1,0 +1,177 @@
+//! Bad input is a candle error naming the problem, never a panic or an out-of-bounds read.
+
+use crate::support::{device_tests, rand_tensor, rng, seq, Batch, Case};
+use candle_core::{DType, Device, Result, Tensor};
+use wick_kernels::{paged_attention, reshape_and_cache, PagedAttentionMetadata};
+
+/// Asserts `r` is an error whose message contains `needle`.
+fn expect_err<T>(r: Result<T>, needle: &str) {
+    match r {
+        Ok(_) => panic!("expected an error mentioning {needle:?}"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(needle),
+                "error {msg:?} does not mention {needle:?}"
+            );
+        }
+    }
+}
+
+fn bad_cache_writes(dev: &Device) -> Result<()> {
+    let mut rng = rng(300);
+    let kc = Tensor::zeros((2, 4, 2, 8), DType::F32, dev)?;
+    let vc = kc.copy()?;
+    let k = rand_tensor(&mut rng, &[3, 2, 8], DType::F32, dev)?;
+    let slots = |s: &[i64]| Tensor::from_vec(s.to_vec(), s.len(), dev);
+    let ok = slots(&[0, 1, 2])?;
+
+    expect_err(
+        reshape_and_cache(&k, &k, &kc, &vc, &slots(&[0, 8, 1])?),
+        "outside",
+    );
+    expect_err(
+        reshape_and_cache(&k, &k, &kc, &vc, &slots(&[0, -5, 1])?),
+        "outside",
+    );
+    expect_err(
+        reshape_and_cache(&k, &k, &kc, &vc, &slots(&[4, 1, 4])?),
+        "two tokens",
+    );
+    expect_err(
+        reshape_and_cache(&k, &k, &kc, &vc, &slots(&[0, 1])?),
+        "slot_mapping",
+    );
+    let u32_slots = Tensor::new(&[0u32, 1, 2], dev)?;
+    expect_err(reshape_and_cache(&k, &k, &kc, &vc, &u32_slots), "i64");
+    let k16 = k.to_dtype(DType::F16)?;
+    expect_err(reshape_and_cache(&k16, &k16, &kc, &vc, &ok), "F16");
+    let k3 = rand_tensor(&mut rng, &[3, 3, 8], DType::F32, dev)?;
+    expect_err(reshape_and_cache(&k3, &k3, &kc, &vc, &ok), "key must be");
+    let k2 = rand_tensor(&mut rng, &[2, 2, 8], DType::F32, dev)?;
+    expect_err(reshape_and_cache(&k, &k2, &kc, &vc, &ok), "value");
+    let strided = Tensor::zeros((2, 2, 4, 8), DType::F32, dev)?.transpose(1, 2)?;
+    expect_err(
+        reshape_and_cache(&k, &k, &strided, &strided, &ok),
+        "contiguous",
+    );
+    let small = Tensor::zeros((2, 4, 2, 4), DType::F32, dev)?;
+    expect_err(reshape_and_cache(&k, &k, &kc, &small, &ok), "differs");
+    let ints = Tensor::zeros((2, 4, 2, 8), DType::U32, dev)?;
+    let kint = Tensor::zeros((3, 2, 8), DType::U32, dev)?;
+    expect_err(reshape_and_cache(&kint, &kint, &ints, &ints, &ok), "dtype");
+    Ok(())
+}
+
+/// A small valid batch (block size 4) whose metadata the tests below break.
+fn valid_batch(dev: &Device) -> Result<Batch> {
+    let mut case = Case::new(4, 2, 16, &[seq(5, 2), seq(3, 1)]);
+    case.block_size = 4;
+    let batch = Batch::new(&case, &mut rng(301), dev)?;
+    batch.check()?;
+    Ok(batch)
+}
+
+/// Metadata from explicit values (block tables `[num_seqs, width]`).
+fn meta(
+    dev: &Device,
+    table: &[u32],
+    cu: &[u32],
+    lens: &[u32],
+    max_q: usize,
+) -> Result<PagedAttentionMetadata> {
+    let n = lens.len();
+    Ok(PagedAttentionMetadata {
+        block_tables: Tensor::from_vec(table.to_vec(), (n, table.len() / n.max(1)), dev)?,
+        cu_seqlens_q: Tensor::from_vec(cu.to_vec(), cu.len(), dev)?,
+        seq_lens: Tensor::from_vec(lens.to_vec(), n, dev)?,
+        max_seqlen_q: max_q,
+        max_seq_len: lens.iter().copied().max().unwrap_or(0) as usize,
+    })
+}
+
+fn bad_attention_metadata(dev: &Device) -> Result<()> {
+    let b = valid_batch(dev)?;
+    let (b0, b1) = (&b.blocks[0], &b.blocks[1]);
+    let run = |m: &PagedAttentionMetadata| {
+        paged_attention(&b.q, &b.key_cache, &b.value_cache, m, 0.25, None)
+    };
+    let num_blocks = b.key_cache.dim(0)? as u32;
+
+    // Sanity: the same metadata built here works.
+    let good = meta(dev, &[b0[0], b0[1], b1[0], 0], &[0, 2, 3], &[5, 3], 2)?;
+    run(&good)?;
+
+    let table = [b0[0], num_blocks, b1[0], 0];
+    expect_err(run(&meta(dev, &table, &[0, 2, 3], &[5, 3], 2)?), "block");
+    let table = [b0[0], b0[1], b1[0], u32::MAX];
+    run(&meta(dev, &table, &[0, 2, 3], &[5, 3], 2)?)?; // unused entries are ignored
+    let narrow = [b0[0], b1[0]];
+    expect_err(run(&meta(dev, &narrow, &[0, 2, 3], &[5, 3], 2)?), "columns");
+    let table = [b0[0], b0[1], b1[0], 0];
+    expect_err(run(&meta(dev, &table, &[0, 2, 3], &[1, 3], 2)?), "context");
+    expect_err(run(&meta(dev, &table, &[0, 2, 4], &[5, 3], 2)?), "within");
+    expect_err(run(&meta(dev, &table, &[0, 3, 2], &[5, 3], 3)?), "within");
+    expect_err(
+        run(&meta(dev, &table, &[1, 2, 3], &[5, 3], 2)?),
+        "start at 0",
+    );
+    expect_err(
+        run(&meta(dev, &table, &[0, 2, 3], &[5, 3], 1)?),
+        "max_seqlen_q",
+    );
+    let mut m = meta(dev, &table, &[0, 2, 3], &[5, 3], 2)?;
+    m.max_seq_len = 4;
+    expect_err(run(&m), "max_seq_len");
+    expect_err(
+        run(&meta(dev, &table, &[0, 2], &[5, 3], 2)?),
+        "cu_seqlens_q",
+    );
+
+    let mut m = good.clone();
+    m.block_tables = m.block_tables.to_dtype(DType::I64)?;
+    expect_err(run(&m), "u32");
+    let mut m = good.clone();
+    m.seq_lens = m.seq_lens.unsqueeze(0)?;
+    expect_err(run(&m), "rank");
+    Ok(())
+}
+
+fn bad_attention_inputs(dev: &Device) -> Result<()> {
+    let b = valid_batch(dev)?;
+    let (kc, vc, m) = (&b.key_cache, &b.value_cache, &b.meta);
+    let mut rng = rng(302);
+
+    let q3 = rand_tensor(&mut rng, &[3, 3, 16], DType::F32, dev)?;
+    expect_err(paged_attention(&q3, kc, vc, m, 0.25, None), "multiple");
+    let q16 = b.q.to_dtype(DType::F16)?;
+    expect_err(paged_attention(&q16, kc, vc, m, 0.25, None), "dtype");
+    let q_dim = rand_tensor(&mut rng, &[3, 4, 8], DType::F32, dev)?;
+    expect_err(paged_attention(&q_dim, kc, vc, m, 0.25, None), "head_dim");
+    let q_rank = b.q.flatten_from(1)?;
+    expect_err(paged_attention(&q_rank, kc, vc, m, 0.25, None), "q must be");
+    expect_err(
+        paged_attention(&b.q, kc, vc, m, 0.25, Some(0)),
+        "sliding_window",
+    );
+    expect_err(
+        paged_attention(&b.q, kc, vc, m, f32::NAN, None),
+        "softmax_scale",
+    );
+    let vc16 = vc.to_dtype(DType::F16)?;
+    expect_err(paged_attention(&b.q, kc, &vc16, m, 0.25, None), "dtype");
+    let strided = kc.transpose(1, 2)?;
+    expect_err(
+        paged_attention(&b.q, &strided, &strided, m, 0.25, None),
+        "contiguous",
+    );
+    let other = vc.narrow(3, 0, 8)?.contiguous()?;
+    expect_err(paged_attention(&b.q, kc, &other, m, 0.25, None), "differs");
+    Ok(())
+}
+
+device_tests!(
+    bad_cache_writes,
+    bad_attention_metadata,
+    bad_attention_inputs
+);

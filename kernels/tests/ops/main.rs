@@ -1,0 +1,11 @@
+//! Tests of wick-kernels' ops against a naive dense attention written here.
+//!
+//! Every test body is a function of a `&Device`; `device_tests!` runs it on the CPU, and on
+//! CUDA device 0 as well when the `cuda` feature is on, so the same checks hold the CUDA
+//! kernels to the CPU reference's results.
+
+mod support;
+
+mod attention;
+mod cache;
+mod errors;
