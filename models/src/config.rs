@@ -1,0 +1,361 @@
+//! The model's hyper-parameters, normalised from either a Hugging Face `config.json` or
+//! GGUF metadata into one [`ModelConfig`]. Architectures differ only by switches here
+//! (qkv bias, q/k norm, sliding window, rope scaling, tied embeddings), so one forward pass
+//! serves them all.
+
+use crate::{ModelError, Result};
+use candle_core::quantized::gguf_file;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// The architecture families we implement, as named in `config.json`'s `architectures`.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+];
+
+/// Which family a checkpoint belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama 2 / 3 / 3.1 / 3.2.
+    Llama,
+    /// Mistral (Llama with a sliding window).
+    Mistral,
+    /// Qwen2 / Qwen2.5 (bias on q, k, v).
+    Qwen2,
+    /// Qwen3 (RMSNorm on q and k per head).
+    Qwen3,
+}
+
+impl Architecture {
+    /// Parses a `config.json` `architectures` entry.
+    pub fn from_hf_name(name: &str) -> Result<Self> {
+        match name {
+            "LlamaForCausalLM" => Ok(Self::Llama),
+            "MistralForCausalLM" => Ok(Self::Mistral),
+            "Qwen2ForCausalLM" => Ok(Self::Qwen2),
+            "Qwen3ForCausalLM" => Ok(Self::Qwen3),
+            other => Err(ModelError::UnsupportedArchitecture {
+                found: other.to_string(),
+                supported: SUPPORTED_ARCHITECTURES.to_vec(),
+            }),
+        }
+    }
+
+    /// Parses GGUF's `general.architecture`.
+    pub fn from_gguf_name(name: &str) -> Result<Self> {
+        match name {
+            "llama" => Ok(Self::Llama),
+            "mistral" => Ok(Self::Mistral),
+            "qwen2" => Ok(Self::Qwen2),
+            "qwen3" => Ok(Self::Qwen3),
+            other => Err(ModelError::UnsupportedArchitecture {
+                found: format!("{other} (GGUF)"),
+                supported: vec!["llama", "mistral", "qwen2", "qwen3"],
+            }),
+        }
+    }
+}
+
+/// Llama 3.1-style frequency-dependent rope scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Llama3RopeScaling {
+    /// Overall scale factor for low frequencies.
+    pub factor: f64,
+    /// Wavelength threshold (as a fraction of the original context) for low frequencies.
+    pub low_freq_factor: f64,
+    /// Wavelength threshold for high frequencies, which stay unscaled.
+    pub high_freq_factor: f64,
+    /// The context length the model was pre-trained with.
+    pub original_max_position_embeddings: usize,
+}
+
+/// Everything the forward pass needs to know about the model's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Architecture family.
+    pub architecture: Architecture,
+    /// Residual stream width.
+    pub hidden_size: usize,
+    /// MLP inner width.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (GQA when fewer than query heads).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary base.
+    pub rope_theta: f64,
+    /// Llama 3.1 rope scaling, if any.
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Longest context the model supports.
+    pub max_position_embeddings: usize,
+    /// Output projection shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// q, k, v projections have a bias (Qwen2).
+    pub attention_bias: bool,
+    /// RMSNorm on q and k per head before rope (Qwen3).
+    pub qk_norm: bool,
+    /// Each token attends only to the last `sliding_window` positions (Mistral).
+    pub sliding_window: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct HfRopeScaling {
+    #[serde(alias = "type")]
+    rope_type: Option<String>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    architectures: Option<Vec<String>>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f64,
+    rope_scaling: Option<HfRopeScaling>,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    attention_bias: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    hidden_act: Option<String>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    4096
+}
+
+impl ModelConfig {
+    /// Parses a Hugging Face `config.json` text.
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let hf: HfConfig = serde_json::from_str(text)
+            .map_err(|e| ModelError::invalid("config.json", e.to_string()))?;
+        let arch_name = hf
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first())
+            .ok_or_else(|| ModelError::Missing("config.json: `architectures`".into()))?;
+        let architecture = Architecture::from_hf_name(arch_name)?;
+        if let Some(act) = &hf.hidden_act {
+            if act != "silu" {
+                return Err(ModelError::invalid(
+                    "config.json",
+                    format!("hidden_act {act:?} is not supported (only silu)"),
+                ));
+            }
+        }
+        let rope_scaling = match &hf.rope_scaling {
+            None => None,
+            Some(rs) => match rs.rope_type.as_deref() {
+                Some("llama3") => Some(Llama3RopeScaling {
+                    factor: rs.factor.unwrap_or(8.0),
+                    low_freq_factor: rs.low_freq_factor.unwrap_or(1.0),
+                    high_freq_factor: rs.high_freq_factor.unwrap_or(4.0),
+                    original_max_position_embeddings: rs
+                        .original_max_position_embeddings
+                        .unwrap_or(8192),
+                }),
+                Some("default") | None => None,
+                Some(other) => {
+                    return Err(ModelError::invalid(
+                        "config.json",
+                        format!("rope_scaling type {other:?} is not supported (llama3 is)"),
+                    ))
+                }
+            },
+        };
+        let sliding_window = match architecture {
+            Architecture::Mistral => hf.sliding_window,
+            // Qwen2 configs carry a window but disable it unless use_sliding_window is set.
+            Architecture::Qwen2 | Architecture::Qwen3 if hf.use_sliding_window == Some(true) => {
+                hf.sliding_window
+            }
+            _ => None,
+        };
+        let cfg = Self {
+            architecture,
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_layers: hf.num_hidden_layers,
+            num_heads: hf.num_attention_heads,
+            num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            vocab_size: hf.vocab_size,
+            rms_norm_eps: hf.rms_norm_eps,
+            rope_theta: hf.rope_theta,
+            rope_scaling,
+            max_position_embeddings: hf.max_position_embeddings,
+            tie_word_embeddings: hf.tie_word_embeddings,
+            // Qwen2 always has q/k/v bias (transformers hard-codes it); others may opt in.
+            attention_bias: architecture == Architecture::Qwen2
+                || hf.attention_bias.unwrap_or(false),
+            qk_norm: architecture == Architecture::Qwen3,
+            sliding_window,
+        };
+        cfg.validate("config.json")?;
+        Ok(cfg)
+    }
+
+    /// Reads the config from GGUF metadata (`{arch}.block_count`, ...). `has_output` says
+    /// whether the file has a separate `output.weight` (else embeddings are tied).
+    pub fn from_gguf(
+        metadata: &HashMap<String, gguf_file::Value>,
+        vocab_size: usize,
+        has_output: bool,
+    ) -> Result<Self> {
+        let arch_name = gguf_string(metadata, "general.architecture")?;
+        let architecture = Architecture::from_gguf_name(&arch_name)?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let num_heads = gguf_usize(metadata, &key("attention.head_count"))?;
+        let hidden_size = gguf_usize(metadata, &key("embedding_length"))?;
+        let head_dim = match metadata.get(&key("attention.key_length")) {
+            Some(v) => gguf_value_usize(v, &key("attention.key_length"))?,
+            None => hidden_size / num_heads.max(1),
+        };
+        let rope_scaling = match metadata.get(&key("rope.scaling.type")) {
+            Some(gguf_file::Value::String(t)) if t == "llama3" => Some(Llama3RopeScaling {
+                factor: gguf_f64_or(metadata, &key("rope.scaling.factor"), 8.0),
+                low_freq_factor: gguf_f64_or(metadata, &key("rope.scaling.low_freq_factor"), 1.0),
+                high_freq_factor: gguf_f64_or(metadata, &key("rope.scaling.high_freq_factor"), 4.0),
+                original_max_position_embeddings: gguf_f64_or(
+                    metadata,
+                    &key("rope.scaling.original_context_length"),
+                    8192.0,
+                ) as usize,
+            }),
+            _ => None,
+        };
+        let cfg = Self {
+            architecture,
+            hidden_size,
+            intermediate_size: gguf_usize(metadata, &key("feed_forward_length"))?,
+            num_layers: gguf_usize(metadata, &key("block_count"))?,
+            num_heads,
+            num_kv_heads: match metadata.get(&key("attention.head_count_kv")) {
+                Some(v) => gguf_value_usize(v, &key("attention.head_count_kv"))?,
+                None => num_heads,
+            },
+            head_dim,
+            vocab_size,
+            rms_norm_eps: gguf_f64_or(metadata, &key("attention.layer_norm_rms_epsilon"), 1e-5),
+            rope_theta: gguf_f64_or(metadata, &key("rope.freq_base"), 10_000.0),
+            rope_scaling,
+            max_position_embeddings: gguf_usize(metadata, &key("context_length"))?,
+            tie_word_embeddings: !has_output,
+            attention_bias: architecture == Architecture::Qwen2,
+            qk_norm: architecture == Architecture::Qwen3,
+            sliding_window: match metadata.get(&key("attention.sliding_window")) {
+                Some(v) => Some(gguf_value_usize(v, &key("attention.sliding_window"))?),
+                None => None,
+            },
+        };
+        cfg.validate("GGUF metadata")?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, what: &str) -> Result<()> {
+        let bad = |m: String| Err(ModelError::invalid(what, m));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.head_dim == 0 {
+            return bad("head counts and head_dim must be positive".into());
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!("head_dim {} must be even for rope", self.head_dim));
+        }
+        if self.hidden_size == 0 || self.num_layers == 0 || self.vocab_size == 0 {
+            return bad("hidden_size, num_hidden_layers and vocab_size must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Bytes of K and V that one token occupies across all layers, at `dtype_size` bytes
+    /// per element.
+    pub fn kv_bytes_per_token(&self, dtype_size: usize) -> usize {
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_size
+    }
+}
+
+pub(crate) fn gguf_string(md: &HashMap<String, gguf_file::Value>, key: &str) -> Result<String> {
+    match md.get(key) {
+        Some(gguf_file::Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ModelError::invalid(
+            "GGUF metadata",
+            format!("{key} is not a string"),
+        )),
+        None => Err(ModelError::Missing(format!("GGUF metadata key {key}"))),
+    }
+}
+
+fn gguf_value_usize(v: &gguf_file::Value, key: &str) -> Result<usize> {
+    let n = match v {
+        gguf_file::Value::U8(x) => *x as i64,
+        gguf_file::Value::I8(x) => *x as i64,
+        gguf_file::Value::U16(x) => *x as i64,
+        gguf_file::Value::I16(x) => *x as i64,
+        gguf_file::Value::U32(x) => *x as i64,
+        gguf_file::Value::I32(x) => *x as i64,
+        gguf_file::Value::U64(x) => i64::try_from(*x).unwrap_or(-1),
+        gguf_file::Value::I64(x) => *x,
+        _ => -1,
+    };
+    usize::try_from(n).map_err(|_| {
+        ModelError::invalid(
+            "GGUF metadata",
+            format!("{key} is not a non-negative integer"),
+        )
+    })
+}
+
+fn gguf_usize(md: &HashMap<String, gguf_file::Value>, key: &str) -> Result<usize> {
+    match md.get(key) {
+        Some(v) => gguf_value_usize(v, key),
+        None => Err(ModelError::Missing(format!("GGUF metadata key {key}"))),
+    }
+}
+
+fn gguf_f64_or(md: &HashMap<String, gguf_file::Value>, key: &str, default: f64) -> f64 {
+    match md.get(key) {
+        Some(gguf_file::Value::F32(x)) => *x as f64,
+        Some(gguf_file::Value::F64(x)) => *x,
+        Some(v) => gguf_value_usize(v, key)
+            .map(|n| n as f64)
+            .unwrap_or(default),
+        None => default,
+    }
+}

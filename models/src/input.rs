@@ -1,0 +1,115 @@
+//! One step's batch as the model sees it: every scheduled sequence's new tokens flattened
+//! into one ragged batch, with the positions, cache slots and block tables the attention op
+//! needs. Built from plain per-sequence data, so the engine's runner and the tests share
+//! one way of laying a batch out.
+
+use crate::{ModelError, Result};
+use candle_core::{Device, Tensor};
+use wick_kernels::PagedAttentionMetadata;
+
+/// One sequence's part of a step.
+#[derive(Debug, Clone)]
+pub struct SequenceChunk<'a> {
+    /// Tokens to compute this step (a whole prompt, a chunk of it, or one decode token).
+    pub tokens: &'a [u32],
+    /// Tokens of this sequence already in the KV cache (they precede `tokens`).
+    pub num_computed_tokens: usize,
+    /// The sequence's blocks, in order; must cover `num_computed_tokens + tokens.len()`.
+    pub block_table: &'a [u32],
+}
+
+/// The flattened batch for one forward pass.
+#[derive(Debug)]
+pub struct ModelInput {
+    /// u32 [num_tokens]
+    pub input_ids: Tensor,
+    /// u32 [num_tokens]: each token's position in its sequence.
+    pub positions: Tensor,
+    /// i64 [num_tokens]: cache slot each token's K/V is written to.
+    pub slot_mapping: Tensor,
+    /// Ragged-batch description for paged attention.
+    pub attention: PagedAttentionMetadata,
+    /// u32 [num_seqs]: row of each sequence's last token, whose logits are returned.
+    pub logits_indices: Tensor,
+    /// Number of sequences in the batch.
+    pub num_seqs: usize,
+    /// Number of tokens in the batch.
+    pub num_tokens: usize,
+}
+
+impl ModelInput {
+    /// Lays out `chunks` for a cache of `block_size`-token blocks on `device`.
+    pub fn build(chunks: &[SequenceChunk<'_>], block_size: usize, device: &Device) -> Result<Self> {
+        if chunks.is_empty() {
+            return Err(ModelError::invalid("batch", "no sequences"));
+        }
+        if block_size == 0 {
+            return Err(ModelError::invalid("batch", "block_size must be positive"));
+        }
+        let num_tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let mut input_ids = Vec::with_capacity(num_tokens);
+        let mut positions = Vec::with_capacity(num_tokens);
+        let mut slot_mapping = Vec::with_capacity(num_tokens);
+        let mut cu_seqlens_q = Vec::with_capacity(chunks.len() + 1);
+        let mut seq_lens = Vec::with_capacity(chunks.len());
+        let mut logits_indices = Vec::with_capacity(chunks.len());
+        let max_blocks = chunks
+            .iter()
+            .map(|c| c.block_table.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut block_tables = vec![0u32; chunks.len() * max_blocks];
+        cu_seqlens_q.push(0u32);
+        for (s, c) in chunks.iter().enumerate() {
+            if c.tokens.is_empty() {
+                return Err(ModelError::invalid(
+                    "batch",
+                    format!("sequence {s} has no tokens"),
+                ));
+            }
+            let seq_len = c.num_computed_tokens + c.tokens.len();
+            if seq_len > c.block_table.len() * block_size {
+                return Err(ModelError::invalid(
+                    "batch",
+                    format!(
+                        "sequence {s}: {seq_len} tokens need {} blocks, block table has {}",
+                        seq_len.div_ceil(block_size),
+                        c.block_table.len()
+                    ),
+                ));
+            }
+            for (j, &tok) in c.tokens.iter().enumerate() {
+                let pos = c.num_computed_tokens + j;
+                input_ids.push(tok);
+                positions.push(pos as u32);
+                let block = c.block_table[pos / block_size] as i64;
+                slot_mapping.push(block * block_size as i64 + (pos % block_size) as i64);
+            }
+            block_tables[s * max_blocks..s * max_blocks + c.block_table.len()]
+                .copy_from_slice(c.block_table);
+            let end = input_ids.len() as u32;
+            cu_seqlens_q.push(end);
+            seq_lens.push(seq_len as u32);
+            logits_indices.push(end - 1);
+        }
+        let max_seqlen_q = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(0);
+        let max_seq_len = seq_lens.iter().copied().max().unwrap_or(0) as usize;
+        let num_seqs = chunks.len();
+        Ok(Self {
+            input_ids: Tensor::from_vec(input_ids, num_tokens, device)?,
+            positions: Tensor::from_vec(positions, num_tokens, device)?,
+            slot_mapping: Tensor::from_vec(slot_mapping, num_tokens, device)?,
+            attention: PagedAttentionMetadata {
+                block_tables: Tensor::from_vec(block_tables, (num_seqs, max_blocks), device)?,
+                cu_seqlens_q: Tensor::from_vec(cu_seqlens_q, num_seqs + 1, device)?,
+                seq_lens: Tensor::from_vec(seq_lens, num_seqs, device)?,
+                max_seqlen_q,
+                max_seq_len,
+            },
+            logits_indices: Tensor::from_vec(logits_indices, num_seqs, device)?,
+            num_seqs,
+            num_tokens,
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! Test support: locating the SmolLM2 GGUF and the golden fixtures, and a small batch
+//! driver that runs many sequences together through the model (what the engine's runner
+//! will do), so tests can check that batching, chunking and shared blocks change nothing.
+#![allow(dead_code)]
+
+pub mod tiny;
+
+use candle_core::{DType, Device};
+use serde::Deserialize;
+use std::path::PathBuf;
+use wick_models::llama::log_softmax;
+use wick_models::{KvCache, LlamaModel, LoadedModel, ModelInput, SequenceChunk};
+
+pub fn smollm2_gguf() -> PathBuf {
+    let p = std::env::var("WICK_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-test-model.sh (or set WICK_SMOLLM2_GGUF)",
+        p.display()
+    );
+    p
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    let p = std::env::var("WICK_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+        });
+    assert!(
+        p.is_dir(),
+        "fixtures not found at {} (set WICK_FIXTURES)",
+        p.display()
+    );
+    p
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Step {
+    pub token: u32,
+    pub logprob: f64,
+    pub margin: f64,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Case {
+    pub id: String,
+    pub prompt: Option<String>,
+    pub messages: Option<serde_json::Value>,
+    pub max_tokens: usize,
+    pub prompt_token_ids: Vec<u32>,
+    pub output_token_ids: Vec<u32>,
+    pub output_text: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+struct Golden {
+    cases: Vec<Case>,
+}
+
+pub fn golden_cases() -> Vec<Case> {
+    let path = fixtures_dir().join("smollm2/golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str::<Golden>(&text).unwrap().cases
+}
+
+pub fn load_smollm2(dtype: DType) -> LoadedModel {
+    wick_models::load(
+        smollm2_gguf().to_str().unwrap(),
+        &wick_models::LoadOptions {
+            dtype: Some(dtype),
+            device: Device::Cpu,
+        },
+    )
+    .expect("load SmolLM2 GGUF")
+}
+
+/// Checks `got` (token, logprob) against a golden case as the fixture README says: ids
+/// equal up to the first near tie, chosen-token logprobs within `tol`.
+pub fn assert_matches_golden(case: &Case, got: &[(u32, f32)], tol: f64) {
+    let n = case.output_token_ids.len();
+    for (i, step) in case.steps.iter().enumerate().take(n) {
+        let Some(&(id, lp)) = got.get(i) else {
+            panic!(
+                "{}: generated {} tokens, golden has {n}",
+                case.id,
+                got.len()
+            );
+        };
+        assert_eq!(
+            id, step.token,
+            "{}: token {i} differs (got {:?})",
+            case.id, got
+        );
+        assert!(
+            (lp as f64 - step.logprob).abs() < tol,
+            "{}: step {i} logprob {lp} vs golden {}",
+            case.id,
+            step.logprob
+        );
+        if step.margin < 0.01 {
+            return; // a near tie: the rest may legitimately differ
+        }
+    }
+    assert_eq!(got.len(), n, "{}: length differs", case.id);
+}
+
+/// One sequence in a [`run_batch`].
+pub struct Seq {
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    pub max_tokens: usize,
+    pub computed: usize,
+    pub block_table: Vec<u32>,
+    pub out: Vec<(u32, f32)>,
+}
+
+impl Seq {
+    pub fn new(prompt: &[u32], max_tokens: usize, block_table: Vec<u32>) -> Self {
+        Self {
+            tokens: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            max_tokens,
+            computed: 0,
+            block_table,
+            out: vec![],
+        }
+    }
+    fn done(&self, eos: u32) -> bool {
+        self.out.len() >= self.max_tokens || self.out.last().map(|t| t.0) == Some(eos)
+    }
+}
+
+/// Runs every sequence to completion, all of them in each step, prefill in chunks of
+/// `chunk` tokens. Sequences may start with `computed > 0` when their first blocks are
+/// shared with (and already filled by) another sequence.
+pub fn run_batch(
+    model: &LlamaModel,
+    cache: &mut KvCache,
+    seqs: &mut [Seq],
+    chunk: usize,
+    eos: u32,
+) {
+    loop {
+        let active: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].done(eos)).collect();
+        if active.is_empty() {
+            return;
+        }
+        let ends: Vec<usize> = active
+            .iter()
+            .map(|&i| {
+                seqs[i]
+                    .computed
+                    .saturating_add(chunk)
+                    .min(seqs[i].tokens.len())
+            })
+            .collect();
+        let chunks: Vec<SequenceChunk> = active
+            .iter()
+            .zip(&ends)
+            .map(|(&i, &end)| SequenceChunk {
+                tokens: &seqs[i].tokens[seqs[i].computed..end],
+                num_computed_tokens: seqs[i].computed,
+                block_table: &seqs[i].block_table,
+            })
+            .collect();
+        let input = ModelInput::build(&chunks, cache.block_size, model.device()).unwrap();
+        let logits = model.forward(&input, cache).unwrap();
+        let lp = log_softmax(&logits).unwrap().to_vec2::<f32>().unwrap();
+        for (row, (&i, &end)) in active.iter().zip(&ends).enumerate() {
+            let s = &mut seqs[i];
+            s.computed = end;
+            if end < s.tokens.len() {
+                continue;
+            }
+            let (id, v) = lp[row]
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                );
+            s.out.push((id as u32, v));
+            s.tokens.push(id as u32);
+        }
+    }
+}
+
+/// Hands out block ids in order.
+pub struct BlockCounter(pub u32);
+
+impl BlockCounter {
+    pub fn take(&mut self, n: usize) -> Vec<u32> {
+        let v = (self.0..self.0 + n as u32).collect();
+        self.0 += n as u32;
+        v
+    }
+}
