@@ -1,0 +1,4 @@
+//! placeholder
+
+pub mod kv;
+pub mod scheduler;
