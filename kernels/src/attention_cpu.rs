@@ -18,7 +18,7 @@
 use crate::cpu_util::Elem;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::Avx2Fma;
-use crate::simd::{Portable, Simd};
+use crate::simd::{Flavour, Portable, Simd};
 use candle_core::{bail, Result};
 use rayon::prelude::*;
 
@@ -120,8 +120,23 @@ struct Scratch {
 }
 
 /// Attention of every sequence's queries over its cached keys and values; returns the
-/// output `[num_tokens, num_heads, head_dim]`, with zeros in rows of no sequence.
+/// output `[num_tokens, num_heads, head_dim]`, with zeros in rows of no sequence. Uses the
+/// best inner loops this CPU has (AVX2 + FMA, detected at run time, so one binary serves
+/// every x86-64 machine).
 pub(crate) fn attention<T: Elem>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dims: &Dims,
+    seqs: &[Seq<'_>],
+    params: &Params,
+) -> Result<Vec<T>> {
+    attention_with(Flavour::best(), q, k, v, dims, seqs, params)
+}
+
+/// [`attention`] with the given inner loops.
+fn attention_with<T: Elem>(
+    flavour: Flavour,
     q: &[T],
     k: &[T],
     v: &[T],
@@ -177,7 +192,7 @@ pub(crate) fn attention<T: Elem>(
     tasks
         .into_par_iter()
         .for_each_init(Scratch::default, |scratch, task| {
-            attend_tile(&ctx, task, scratch)
+            attend_tile(flavour, &ctx, task, scratch)
         });
 
     // `[kv_head, token, g, d]` -> `[token, kv_head * group + g, d]`, cast to T.
@@ -196,15 +211,14 @@ pub(crate) fn attention<T: Elem>(
     Ok(out)
 }
 
-/// Runs one task, with AVX2 and FMA where the CPU has them (chosen at run time, so one
-/// binary serves every x86-64 machine), else with portable code.
-fn attend_tile<T: Elem>(ctx: &Ctx<'_, T>, task: Task<'_>, scratch: &mut Scratch) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = Avx2Fma::detect() {
+/// Runs one task with `flavour`'s inner loops.
+fn attend_tile<T: Elem>(flavour: Flavour, ctx: &Ctx<'_, T>, task: Task<'_>, scratch: &mut Scratch) {
+    match flavour {
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: `attend_tile_avx2` requires AVX2 and FMA, which `simd` proves.
-        return unsafe { attend_tile_avx2(simd, ctx, task, scratch) };
+        Flavour::Avx2Fma(simd) => unsafe { attend_tile_avx2(simd, ctx, task, scratch) },
+        Flavour::Portable => attend_tile_with(Portable, ctx, task, scratch),
     }
-    attend_tile_with(Portable, ctx, task, scratch)
 }
 
 /// [`attend_tile_with`] compiled for AVX2 + FMA, so the intrinsics inline into its loops.
@@ -308,5 +322,62 @@ fn attend_tile_with<T: Elem, S: Simd>(
     // Every query sees at least itself, so its sum is >= 1.
     for (acc, &l) in out.chunks_exact_mut(d).zip(sum.iter()) {
         simd.scale(acc, 1.0 / l);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable inner loops give what the CPU's best ones give (the integration tests
+    /// check the best ones against a dense reference).
+    #[test]
+    fn flavours_agree() -> Result<()> {
+        let dims = Dims {
+            num_tokens: 12,
+            num_heads: 6,
+            num_kv_heads: 2,
+            head_dim: 42,
+            num_blocks: 6,
+            block_size: 4,
+        };
+        let wave =
+            |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin()).collect() };
+        let q = wave(dims.num_tokens * dims.num_heads * dims.head_dim, 0.7);
+        let cache = dims.num_blocks * dims.block_size * dims.num_kv_heads * dims.head_dim;
+        let (k, v) = (wave(cache, 0.3), wave(cache, 0.9));
+        let blocks = [5u32, 0, 3, 1, 4, 2];
+        let seqs = [
+            Seq {
+                q_start: 0,
+                q_len: 9,
+                seq_len: 13,
+                blocks: &blocks[..4],
+            },
+            Seq {
+                q_start: 9,
+                q_len: 1,
+                seq_len: 6,
+                blocks: &blocks[4..],
+            },
+            Seq {
+                q_start: 10,
+                q_len: 2,
+                seq_len: 2,
+                blocks: &blocks[3..4],
+            },
+        ];
+        for sliding_window in [None, Some(3)] {
+            let params = Params {
+                softmax_scale: 0.3,
+                sliding_window,
+            };
+            let best = attention(&q, &k, &v, &dims, &seqs, &params)?;
+            let portable = attention_with(Flavour::Portable, &q, &k, &v, &dims, &seqs, &params)?;
+            for (a, b) in best.iter().zip(&portable) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+        Ok(())
     }
 }

@@ -76,7 +76,7 @@ pub fn reshape_and_cache(
 fn check_cache(key_cache: &Tensor, value_cache: &Tensor) -> Result<(usize, usize, usize, usize)> {
     let dims = key_cache.dims4().map_err(|_| {
         candle_core::Error::msg(format!(
-            "reshape_and_cache: key_cache must be [num_blocks, block_size, num_kv_heads, head_dim], got {:?}",
+            "reshape_and_cache: key_cache must be [blocks, block_size, kv_heads, head_dim]: {:?}",
             key_cache.dims()
         ))
     })?;
@@ -113,9 +113,7 @@ fn check_rows(
 ) -> Result<usize> {
     let dims = rows.dims();
     if dims.len() != 3 || dims[1] != kv_heads || dims[2] != head_dim {
-        bail!(
-            "reshape_and_cache: {what} must be [num_tokens, {kv_heads}, {head_dim}] to match the cache, got {dims:?}"
-        );
+        bail!("reshape_and_cache: {what} must be [tokens, {kv_heads}, {head_dim}], got {dims:?}");
     }
     if rows.dtype() != cache.dtype() {
         bail!(

@@ -47,8 +47,15 @@ pub struct PagedAttentionMetadata {
 /// Scores are scaled by `softmax_scale`; softmax runs in f32 (online, numerically stable);
 /// the output is cast to q's dtype.
 ///
-/// Errors on any violated invariant listed in this module's header, a zero
-/// `sliding_window`, a non-finite `softmax_scale`, or inputs on different devices.
+/// Rows of q after `cu[num_seqs]` (padding tokens) belong to no sequence and come out as
+/// zeros. Block table entries past `ceil(seq_lens[s] / block_size)` are never read.
+///
+/// Errors (never panics) on: mismatched shapes, dtypes or devices; non-contiguous caches;
+/// `num_heads` not a multiple of `num_kv_heads`; metadata that is not u32 or whose
+/// `cu_seqlens_q` does not start at 0, decreases, or runs past q; a sequence with
+/// `q_len > seq_len`, `q_len > max_seqlen_q` or `seq_len > max_seq_len`; a block table row
+/// too short for its `seq_len`, or a used block id `>= num_blocks`; a zero
+/// `sliding_window`; a non-finite `softmax_scale`.
 pub fn paged_attention(
     q: &Tensor,
     key_cache: &Tensor,
@@ -94,7 +101,7 @@ fn check_shapes(
     };
     let Ok((num_blocks, block_size, num_kv_heads, cache_head_dim)) = key_cache.dims4() else {
         bail!(
-            "paged_attention: key_cache must be [num_blocks, block_size, num_kv_heads, head_dim], got {:?}",
+            "paged_attention: key_cache must be [blocks, block_size, kv_heads, head_dim], got {:?}",
             key_cache.dims()
         );
     };
@@ -116,12 +123,12 @@ fn check_shapes(
     }
     if num_heads == 0 || num_heads % num_kv_heads != 0 {
         bail!(
-            "paged_attention: num_heads {num_heads} must be a positive multiple of num_kv_heads {num_kv_heads}"
+            "paged_attention: num_heads {num_heads} is not a positive multiple of {num_kv_heads}"
         );
     }
     if !is_float(q.dtype()) || key_cache.dtype() != q.dtype() || value_cache.dtype() != q.dtype() {
         bail!(
-            "paged_attention: q, key_cache and value_cache must share one dtype of f32, f16, bf16; got {:?}, {:?}, {:?}",
+            "paged_attention: q and caches need one dtype (f32, f16, bf16), got {:?}, {:?}, {:?}",
             q.dtype(),
             key_cache.dtype(),
             value_cache.dtype()
@@ -149,8 +156,8 @@ fn check_shapes(
     let num_seqs = meta.seq_lens.dim(0)?;
     if meta.block_tables.dim(0)? != num_seqs || meta.cu_seqlens_q.dim(0)? != num_seqs + 1 {
         bail!(
-            "paged_attention: {num_seqs} seq_lens need block_tables [{num_seqs}, _] and cu_seqlens_q [{}], got {:?} and {:?}",
-            num_seqs + 1,
+            "paged_attention: seq_lens {:?}, block_tables {:?}, cu_seqlens_q {:?} disagree",
+            meta.seq_lens.dims(),
             meta.block_tables.dims(),
             meta.cu_seqlens_q.dims()
         );
@@ -205,7 +212,7 @@ impl PagedAttention {
             let (q_start, q_end, seq_len) = (w[0] as usize, w[1] as usize, seq_len as usize);
             if q_end < q_start || q_end > dims.num_tokens {
                 bail!(
-                    "paged_attention: seq {s}: query rows {q_start}..{q_end} are not a range within the {} tokens of q",
+                    "paged_attention: seq {s}: rows {q_start}..{q_end}: not a range within q's {}",
                     dims.num_tokens
                 );
             }
@@ -215,17 +222,22 @@ impl PagedAttention {
                     "paged_attention: seq {s} has {q_len} queries but a context of only {seq_len}"
                 );
             }
-            if q_len > self.max_seqlen_q || seq_len > self.max_seq_len {
+            if q_len > self.max_seqlen_q {
                 bail!(
-                    "paged_attention: seq {s} (q_len {q_len}, seq_len {seq_len}) exceeds max_seqlen_q {} / max_seq_len {}",
-                    self.max_seqlen_q,
+                    "paged_attention: seq {s}: q_len {q_len} > max_seqlen_q {}",
+                    self.max_seqlen_q
+                );
+            }
+            if seq_len > self.max_seq_len {
+                bail!(
+                    "paged_attention: seq {s}: seq_len {seq_len} > max_seq_len {}",
                     self.max_seq_len
                 );
             }
             let num_blocks = seq_len.div_ceil(dims.block_size);
             if num_blocks > width {
                 bail!(
-                    "paged_attention: seq {s} needs {num_blocks} blocks for {seq_len} tokens, block_tables has {width} columns"
+                    "paged_attention: seq {s} needs {num_blocks} blocks, its table row has {width}"
                 );
             }
             let blocks = &block_tables[s * width..s * width + num_blocks];

@@ -62,6 +62,25 @@ impl Simd for Portable {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::Avx2Fma;
 
+/// Which flavour a kernel runs with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Flavour {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma(Avx2Fma),
+}
+
+impl Flavour {
+    /// The fastest flavour this CPU runs.
+    pub(crate) fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = Avx2Fma::detect() {
+            return Self::Avx2Fma(simd);
+        }
+        Self::Portable
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 // Value intrinsics are safe inside `target_feature` functions only since Rust 1.87; the
 // `unsafe` blocks around them keep our rust-version (1.85) building.
@@ -84,7 +103,7 @@ mod x86 {
         /// `Some` on CPUs with AVX2 and FMA (checked at run time, cached by std).
         pub(crate) fn detect() -> Option<Self> {
             let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            (ok && std::env::var_os("WICK_NO_AVX2").is_none()).then_some(Self { _proof: () })
+            ok.then_some(Self { _proof: () })
         }
     }
 
@@ -109,6 +128,9 @@ mod x86 {
     }
 
     /// The 8 f32s of `s` from `at`; panics (never reads out of bounds) past its end.
+    ///
+    /// # Safety
+    /// The CPU must have AVX.
     #[inline]
     #[target_feature(enable = "avx")]
     unsafe fn load8(s: &[f32], at: usize) -> __m256 {
@@ -118,6 +140,9 @@ mod x86 {
     }
 
     /// Writes `v` to the 8 f32s of `s` from `at`; panics past its end.
+    ///
+    /// # Safety
+    /// The CPU must have AVX.
     #[inline]
     #[target_feature(enable = "avx")]
     unsafe fn store8(s: &mut [f32], at: usize, v: __m256) {
@@ -126,6 +151,10 @@ mod x86 {
         unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
     }
 
+    /// [`Simd::dot`] with 256-bit fused multiply-adds.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -163,6 +192,10 @@ mod x86 {
         sum
     }
 
+    /// [`Simd::axpy`] with 256-bit fused multiply-adds.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
@@ -182,6 +215,10 @@ mod x86 {
         }
     }
 
+    /// [`Simd::scale`] on 256-bit registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn scale(acc: &mut [f32], w: f32) {

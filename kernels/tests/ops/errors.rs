@@ -107,7 +107,10 @@ fn bad_attention_metadata(dev: &Device) -> Result<()> {
     let table = [b0[0], b0[1], b1[0], u32::MAX];
     run(&meta(dev, &table, &[0, 2, 3], &[5, 3], 2)?)?; // unused entries are ignored
     let narrow = [b0[0], b1[0]];
-    expect_err(run(&meta(dev, &narrow, &[0, 2, 3], &[5, 3], 2)?), "columns");
+    expect_err(
+        run(&meta(dev, &narrow, &[0, 2, 3], &[5, 3], 2)?),
+        "table row",
+    );
     let table = [b0[0], b0[1], b1[0], 0];
     expect_err(run(&meta(dev, &table, &[0, 2, 3], &[1, 3], 2)?), "context");
     expect_err(run(&meta(dev, &table, &[0, 2, 4], &[5, 3], 2)?), "within");
