@@ -1,5 +1,5 @@
-//! The OpenAI-compatible HTTP client: model discovery, vLLM-shaped `/tokenize` and
-//! `/detokenize`, `/metrics`, and one streamed request measured into a [`RequestRecord`].
+//! The OpenAI-compatible HTTP client: model discovery, tokenize/detokenize (vLLM,
+//! llama.cpp and llama-cpp-python dialects), `/metrics`, and one streamed request measured into a [`RequestRecord`].
 //!
 //! Invariants: [`Client::stream`] never returns an error and never panics: whatever the
 //! server does (error status, cut stream, garbage, silence) ends as a record whose
@@ -110,6 +110,17 @@ impl RequestRecord {
     }
 }
 
+/// The tokenize/detokenize dialects servers speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizeApi {
+    /// vLLM, SGLang, wick: `POST /tokenize {"prompt"}`, `POST /detokenize` -> `prompt`.
+    Vllm,
+    /// llama.cpp's server: `POST /tokenize {"content"}`, `POST /detokenize` -> `content`.
+    LlamaCpp,
+    /// llama-cpp-python: `POST /extras/tokenize {"input"}`, `/extras/detokenize` -> `text`.
+    Extras,
+}
+
 /// Request options shared by every request of a run.
 #[derive(Debug, Clone)]
 pub struct StreamOpts {
@@ -140,6 +151,7 @@ impl Client {
     pub fn new(base: &str, api_key: Option<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
             .pool_max_idle_per_host(1024)
             .build()
             .context("building the HTTP client")?;
@@ -196,34 +208,71 @@ impl Client {
             .context("/v1/models lists no model; pass --model")
     }
 
-    /// Token ids of `text` by the server's `POST /tokenize`.
-    pub async fn tokenize(&self, model: &str, text: &str) -> anyhow::Result<Vec<u32>> {
-        let v = self
-            .post_json("/tokenize", &json!({"model": model, "prompt": text}))
-            .await?;
+    /// Token ids of `text` by the server's tokenize endpoint in the `api` dialect.
+    pub async fn tokenize(
+        &self,
+        api: TokenizeApi,
+        model: &str,
+        text: &str,
+    ) -> anyhow::Result<Vec<u32>> {
+        let (path, body) = match api {
+            TokenizeApi::Vllm => ("/tokenize", json!({"model": model, "prompt": text})),
+            TokenizeApi::LlamaCpp => ("/tokenize", json!({"content": text, "add_special": true})),
+            TokenizeApi::Extras => ("/extras/tokenize", json!({"model": model, "input": text})),
+        };
+        let v = self.post_json(path, &body).await?;
         let tokens = v
             .get("tokens")
             .and_then(Value::as_array)
-            .context("/tokenize answer has no `tokens` array")?;
+            .with_context(|| format!("{path} answer has no `tokens` array"))?;
         tokens
             .iter()
             .map(|t| {
                 t.as_u64()
                     .and_then(|t| u32::try_from(t).ok())
-                    .context("/tokenize returned a token that is not a u32")
+                    .with_context(|| format!("{path} returned a token that is not a u32"))
             })
             .collect()
     }
 
-    /// Text of `tokens` by the server's `POST /detokenize`.
-    pub async fn detokenize(&self, model: &str, tokens: &[u32]) -> anyhow::Result<String> {
+    /// Which tokenize dialect the server speaks: vLLM's (`/tokenize` with `prompt`),
+    /// llama.cpp's (`/tokenize` with `content`) or llama-cpp-python's
+    /// (`/extras/tokenize`); the first that answers with tokens.
+    pub async fn probe_tokenize(&self, model: &str) -> anyhow::Result<TokenizeApi> {
+        let mut errors = Vec::new();
+        for api in [
+            TokenizeApi::Vllm,
+            TokenizeApi::LlamaCpp,
+            TokenizeApi::Extras,
+        ] {
+            match self.tokenize(api, model, "hello world").await {
+                Ok(t) if !t.is_empty() => return Ok(api),
+                Ok(_) => errors.push(format!("{api:?}: no tokens")),
+                Err(e) => errors.push(format!("{api:?}: {e:#}")),
+            }
+        }
+        bail!("no tokenize endpoint answered ({})", errors.join("; "))
+    }
+
+    /// Text of `tokens` by the server's detokenize endpoint in the `api` dialect.
+    pub async fn detokenize(
+        &self,
+        api: TokenizeApi,
+        model: &str,
+        tokens: &[u32],
+    ) -> anyhow::Result<String> {
+        let path = match api {
+            TokenizeApi::Vllm | TokenizeApi::LlamaCpp => "/detokenize",
+            TokenizeApi::Extras => "/extras/detokenize",
+        };
         let v = self
-            .post_json("/detokenize", &json!({"model": model, "tokens": tokens}))
+            .post_json(path, &json!({"model": model, "tokens": tokens}))
             .await?;
-        v.get("prompt")
-            .and_then(Value::as_str)
+        ["prompt", "content", "text"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(Value::as_str))
             .map(str::to_string)
-            .context("/detokenize answer has no `prompt` string")
+            .with_context(|| format!("{path} answer has no text"))
     }
 
     /// The text of `GET /metrics`, or `None` when the server has none.

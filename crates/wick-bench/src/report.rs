@@ -58,9 +58,9 @@ impl Cost {
 pub struct ServerCheck {
     /// Deltas of the server's counters.
     pub server: Counters,
-    /// Output tokens the client counted (all counted requests, failed included).
+    /// Output tokens the client counted (successful requests).
     pub client_output_tokens: u64,
-    /// Prompt tokens the client counted (all counted requests).
+    /// Prompt tokens the client counted (successful requests).
     pub client_prompt_tokens: u64,
 }
 
@@ -214,8 +214,8 @@ impl Report {
         });
         let server_metrics = info.server.map(|server| ServerCheck {
             server,
-            client_output_tokens: records.iter().map(|r| r.output_tokens).sum(),
-            client_prompt_tokens: records.iter().map(|r| r.prompt_tokens).sum(),
+            client_output_tokens: total_output_tokens,
+            client_prompt_tokens: total_prompt_tokens,
         });
         Report {
             url: info.url,
@@ -379,15 +379,27 @@ impl Report {
             ("prompt tokens", &self.prompt_len),
             ("output tokens", &self.output_len),
         ] {
-            s.push_str(&format!(
-                "{name:<16}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.1}\n",
-                d.mean, d.p50, d.p90, d.p95, d.p99, d.max
-            ));
+            let cells: String = [d.mean, d.p50, d.p90, d.p95, d.p99, d.max]
+                .iter()
+                .map(|v| format!("{:>10}", num(*v)))
+                .collect();
+            s.push_str(&format!("{name:<16}{cells}\n"));
         }
         for (kind, msg) in &self.error_examples {
             s.push_str(&format!("  e.g. {kind}: {msg}\n"));
         }
         s
+    }
+}
+
+/// A table cell: two decimals below 10, one below 10,000, none above.
+fn num(v: f64) -> String {
+    if v.abs() < 10.0 {
+        format!("{v:.2}")
+    } else if v.abs() < 10_000.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 
-use crate::client::Client;
+use crate::client::{Client, TokenizeApi};
 use crate::config::TokenizerSource;
 
 /// A way to count tokens.
@@ -20,6 +20,8 @@ pub enum Tokenizer {
     Server {
         /// The endpoint.
         client: Client,
+        /// Its tokenize dialect.
+        api: TokenizeApi,
         /// The model name sent with each call.
         model: String,
     },
@@ -40,25 +42,26 @@ impl Tokenizer {
         client: &Client,
         model: &str,
     ) -> anyhow::Result<Self> {
-        let server = Tokenizer::Server {
+        let server = |api| Tokenizer::Server {
             client: client.clone(),
+            api,
             model: model.to_string(),
         };
         match source {
             TokenizerSource::Local(path) => Self::local(path),
             TokenizerSource::Approximate => Ok(Tokenizer::Approximate),
             TokenizerSource::Server => {
-                server
-                    .encode("hello world")
+                let api = client
+                    .probe_tokenize(model)
                     .await
-                    .context("the server's /tokenize (needed by --tokenizer server)")?;
-                Ok(server)
+                    .context("the server's tokenizer (needed by --tokenizer server)")?;
+                Ok(server(api))
             }
-            TokenizerSource::Auto => match server.encode("hello world").await {
-                Ok(_) => Ok(server),
+            TokenizerSource::Auto => match client.probe_tokenize(model).await {
+                Ok(api) => Ok(server(api)),
                 Err(e) => {
                     tracing::warn!(
-                        "no usable /tokenize ({e:#}); prompt lengths are approximate \
+                        "{e:#}; prompt lengths are approximate \
                          (pass --tokenizer tokenizer.json for exact counts)"
                     );
                     Ok(Tokenizer::Approximate)
@@ -97,7 +100,7 @@ impl Tokenizer {
                 .map_err(|e| anyhow!("tokenizing: {e}"))?
                 .get_ids()
                 .to_vec()),
-            Tokenizer::Server { client, model } => client.tokenize(model, text).await,
+            Tokenizer::Server { client, api, model } => client.tokenize(*api, model, text).await,
             Tokenizer::Approximate => Ok((0..text.split_whitespace().count() as u32).collect()),
         }
     }
@@ -108,7 +111,7 @@ impl Tokenizer {
             Tokenizer::Local(tok) => tok
                 .decode(ids, true)
                 .map_err(|e| anyhow!("detokenizing: {e}")),
-            Tokenizer::Server { client, model } => client.detokenize(model, ids).await,
+            Tokenizer::Server { client, api, model } => client.detokenize(*api, model, ids).await,
             Tokenizer::Approximate => Err(anyhow!("the approximate tokenizer cannot decode")),
         }
     }

@@ -132,6 +132,22 @@ async fn every_failure_kind_is_counted_and_none_crashes_the_tool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_cpp_python_tokenize_dialect_gives_exact_prompts() {
+    let fake = start(vec![Behavior::Ok], true, Duration::ZERO).await;
+    fake.state
+        .extras_only
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let config = BenchConfig {
+        workload: synthetic(24, 3),
+        num_requests: Some(5),
+        ..BenchConfig::new(fake.url.clone())
+    };
+    let r = run_benchmark(&config, &CancelToken::new()).await.unwrap();
+    assert_eq!((r.tokenizer.as_str(), r.ok), ("server", 5));
+    assert_eq!(r.total_prompt_tokens, 5 * 24);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_and_open_loops_never_exceed_their_concurrency() {
     let fake = start(vec![Behavior::Ok], true, Duration::from_millis(2)).await;
     let closed = BenchConfig {

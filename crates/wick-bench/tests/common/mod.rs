@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub enum Behavior {
 pub struct FakeState {
     pub schedule: Vec<Behavior>,
     pub tokenize: bool,
+    /// Speak llama-cpp-python's `/extras/tokenize` dialect instead of vLLM's.
+    pub extras_only: AtomicBool,
     pub token_delay: Duration,
     pub arrivals: AtomicUsize,
     pub in_flight: AtomicUsize,
@@ -79,12 +81,18 @@ pub async fn start(schedule: Vec<Behavior>, tokenize: bool, token_delay: Duratio
         )
         .route("/tokenize", post(tokenize_handler))
         .route("/detokenize", post(detokenize_handler))
+        .route("/extras/tokenize", post(extras_tokenize))
+        .route("/extras/detokenize", post(extras_detokenize))
         .route("/metrics", get(metrics_handler))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Without TCP_NODELAY, Nagle + delayed ACK hold each first body chunk ~40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -99,10 +107,30 @@ fn words(text: &str) -> Vec<&str> {
 }
 
 async fn tokenize_handler(State(s): State<Arc<FakeState>>, Json(body): Json<Value>) -> Response {
-    if !s.tokenize {
+    if !s.tokenize || s.extras_only.load(Ordering::SeqCst) {
         return StatusCode::NOT_FOUND.into_response();
     }
     let text = body["prompt"].as_str().unwrap_or_default();
+    Json(tokenize(&s, text)).into_response()
+}
+
+async fn extras_tokenize(State(s): State<Arc<FakeState>>, Json(body): Json<Value>) -> Response {
+    if !s.extras_only.load(Ordering::SeqCst) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let mut v = tokenize(&s, body["input"].as_str().unwrap_or_default());
+    v.as_object_mut().unwrap().retain(|k, _| k == "tokens");
+    Json(v).into_response()
+}
+
+async fn extras_detokenize(State(s): State<Arc<FakeState>>, Json(body): Json<Value>) -> Response {
+    if !s.extras_only.load(Ordering::SeqCst) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    Json(json!({"text": detokenize(&s, &body)})).into_response()
+}
+
+fn tokenize(s: &FakeState, text: &str) -> Value {
     let mut vocab = s.vocab.lock().unwrap();
     let ids: Vec<u32> = words(text)
         .into_iter()
@@ -116,13 +144,17 @@ async fn tokenize_handler(State(s): State<Arc<FakeState>>, Json(body): Json<Valu
             id
         })
         .collect();
-    Json(json!({"tokens": ids, "count": ids.len(), "max_model_len": 8192})).into_response()
+    json!({"tokens": ids, "count": ids.len(), "max_model_len": 8192})
 }
 
 async fn detokenize_handler(State(s): State<Arc<FakeState>>, Json(body): Json<Value>) -> Response {
-    if !s.tokenize {
+    if !s.tokenize || s.extras_only.load(Ordering::SeqCst) {
         return StatusCode::NOT_FOUND.into_response();
     }
+    Json(json!({"prompt": detokenize(&s, &body)})).into_response()
+}
+
+fn detokenize(s: &FakeState, body: &Value) -> String {
     let vocab = s.vocab.lock().unwrap();
     let text: Vec<String> = body["tokens"]
         .as_array()
@@ -130,7 +162,7 @@ async fn detokenize_handler(State(s): State<Arc<FakeState>>, Json(body): Json<Va
         .iter()
         .map(|t| vocab.1[t.as_u64().unwrap() as usize].clone())
         .collect();
-    Json(json!({"prompt": text.join(" ")})).into_response()
+    text.join(" ")
 }
 
 async fn metrics_handler(State(s): State<Arc<FakeState>>) -> String {
