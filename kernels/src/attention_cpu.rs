@@ -48,7 +48,7 @@ pub(crate) struct Params {
 impl Params {
     /// First key position visible from position `pos`.
     #[inline]
-    fn first_key(&self, pos: usize) -> usize {
+    pub(crate) fn first_key(&self, pos: usize) -> usize {
         match self.sliding_window {
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,

@@ -8,8 +8,9 @@
 //!   slot appears twice (two tokens cannot own one cache row).
 //!
 //! An invalid slot fails the call with nothing written, so a cache is never half-updated by
-//! a rejected step. Because a slot's row holds all heads contiguously, one token is one
-//! `copy_from_slice` of `num_kv_heads * head_dim` elements.
+//! a rejected step (on CUDA the slots are checked on the host first, see `cuda`). Because a
+//! slot's row holds all heads contiguously, one token is one `copy_from_slice` of
+//! `num_kv_heads * head_dim` elements.
 
 use crate::cpu_util::{contiguous_slice, is_float, Elem};
 use candle_core::{bail, CpuStorage, DType, InplaceOp3, Layout, Result, Tensor};
@@ -68,6 +69,10 @@ pub fn reshape_and_cache(
         num_slots: cache_dims.0 * cache_dims.1,
         row_len: kv_heads * head_dim,
     };
+    #[cfg(feature = "cuda")]
+    if slots.device().is_cuda() {
+        crate::cuda::cache::check_slots_once(&slots, op.num_slots)?;
+    }
     key_cache.inplace_op3(&key, &slots, &op)?;
     value_cache.inplace_op3(&value, &slots, &op)
 }
@@ -137,31 +142,31 @@ struct WriteCache {
     row_len: usize,
 }
 
-impl WriteCache {
-    /// Checks every slot, before anything is written.
-    fn check_slots(&self, slots: &[i64]) -> Result<()> {
-        let mut seen = Vec::with_capacity(slots.len());
-        for (t, &slot) in slots.iter().enumerate() {
-            if slot == -1 {
-                continue;
-            }
-            if slot < 0 || slot as u64 >= self.num_slots as u64 {
-                bail!(
-                    "reshape_and_cache: token {t} has slot {slot}, outside the cache's {} slots",
-                    self.num_slots
-                );
-            }
-            seen.push(slot);
+/// Checks every slot against a cache of `num_slots` slots, before anything is written: each
+/// is -1 or in range, and no slot appears twice.
+pub(crate) fn check_slots(slots: &[i64], num_slots: usize) -> Result<()> {
+    let mut seen = Vec::with_capacity(slots.len());
+    for (t, &slot) in slots.iter().enumerate() {
+        if slot == -1 {
+            continue;
         }
-        seen.sort_unstable();
-        if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
-            bail!("reshape_and_cache: slot {} is written by two tokens", w[0]);
+        if slot < 0 || slot as u64 >= num_slots as u64 {
+            bail!(
+                "reshape_and_cache: token {t} has slot {slot}, outside the cache's {num_slots} slots"
+            );
         }
-        Ok(())
+        seen.push(slot);
     }
+    seen.sort_unstable();
+    if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
+        bail!("reshape_and_cache: slot {} is written by two tokens", w[0]);
+    }
+    Ok(())
+}
 
+impl WriteCache {
     fn write<T: Elem>(&self, cache: &mut [T], rows: &[T], slots: &[i64]) -> Result<()> {
-        self.check_slots(slots)?;
+        check_slots(slots, self.num_slots)?;
         let n = self.row_len;
         if cache.len() != self.num_slots * n || rows.len() != slots.len() * n {
             bail!("reshape_and_cache: storage sizes disagree with the shapes checked");
@@ -212,5 +217,25 @@ impl InplaceOp3 for WriteCache {
             CpuStorage::BF16(_) => go!(BF16, half::bf16),
             _ => bail!("reshape_and_cache: key/value must be f32, f16 or bf16"),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        cache: &mut candle_core::CudaStorage,
+        cache_l: &Layout,
+        rows: &candle_core::CudaStorage,
+        rows_l: &Layout,
+        slots: &candle_core::CudaStorage,
+        slots_l: &Layout,
+    ) -> Result<()> {
+        crate::cuda::cache::write(
+            cache,
+            cache_l,
+            (rows, rows_l),
+            (slots, slots_l),
+            self.num_slots,
+            self.row_len,
+        )
     }
 }

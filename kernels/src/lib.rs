@@ -14,12 +14,16 @@
 //!
 //! Both take f32, f16 or bf16 storage and compute in f32. Bad input (shapes, dtypes, slots
 //! or block ids out of range) is a candle error, never a panic or an out-of-bounds access.
-//! Neither op is implemented on CUDA yet: there they return candle's "no cuda
-//! implementation" error.
+//!
+//! With the `cuda` feature, both also run on candle's CUDA devices: kernels/*.cu, compiled
+//! to PTX by build.rs and launched from `cuda`. The CPU implementation is the reference the
+//! CUDA kernels are tested against (tests/ops runs every test on each device present).
 
 mod attention_cpu;
 mod cache;
 mod cpu_util;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod paged_attention;
 mod simd;
 

@@ -1,5 +1,5 @@
 //! The paged attention op ([`paged_attention`]): its metadata, its checks and its candle
-//! plumbing. The CPU kernel itself lives in `attention_cpu`.
+//! plumbing. The CPU kernel itself lives in `attention_cpu`, the CUDA one in `cuda`.
 //!
 //! Invariants checked here before any kernel runs (errors, never panics):
 //! - q is `[num_tokens, num_heads, head_dim]`; the caches are
@@ -178,18 +178,18 @@ fn check_shapes(
 }
 
 /// The candle op: (q, key_cache, value_cache) -> output, holding the step's metadata.
-struct PagedAttention {
-    block_tables: Tensor,
-    cu_seqlens_q: Tensor,
-    seq_lens: Tensor,
-    max_seqlen_q: usize,
-    max_seq_len: usize,
-    params: Params,
+pub(crate) struct PagedAttention {
+    pub(crate) block_tables: Tensor,
+    pub(crate) cu_seqlens_q: Tensor,
+    pub(crate) seq_lens: Tensor,
+    pub(crate) max_seqlen_q: usize,
+    pub(crate) max_seq_len: usize,
+    pub(crate) params: Params,
 }
 
 impl PagedAttention {
     /// Checks the metadata's values against `dims` and describes each sequence.
-    fn sequences<'a>(
+    pub(crate) fn sequences<'a>(
         &self,
         dims: &Dims,
         block_tables: &'a [u32],
@@ -302,6 +302,19 @@ impl CustomOp3 for PagedAttention {
             _ => bail!("paged_attention: q must be f32, f16 or bf16"),
         };
         Ok((out, q_l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        q_l: &Layout,
+        k: &candle_core::CudaStorage,
+        k_l: &Layout,
+        v: &candle_core::CudaStorage,
+        v_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::attention::forward(self, (q, q_l), (k, k_l), (v, v_l))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `paged_attention` against the naive dense reference: decode, prefill, chunked prefill
 //! and their mixes; GQA ratios 1, 3 and 8; head_dim 64 and 128; several block sizes;
-//! sliding windows; f32, f16 and bf16; padding rows; batch invariance.
+//! sliding windows; f32, f16 and bf16; padding rows; batch invariance; long contexts (split
+//! into partitions on CUDA), multi-tile prefills, head_dim 256 and wide GQA groups.
 
 use crate::support::{device_tests, rng, seq, Batch, Case};
 use candle_core::{DType, Device, Result, Tensor};
@@ -157,6 +158,48 @@ fn cache_views_with_offsets(dev: &Device) -> Result<()> {
     batch.check()
 }
 
+fn long_contexts_split_and_tiled(dev: &Device) -> Result<()> {
+    // Decode over more than four 256-key partitions (CUDA's split-K), a 150-row prefill
+    // (two full 64-row tiles and a partial one), chunks deep into long contexts; GQA 4.
+    let seqs = [seq(1100, 1), seq(150, 150), seq(700, 40), seq(520, 3)];
+    for (i, dtype) in [DType::F32, DType::BF16, DType::F16]
+        .into_iter()
+        .enumerate()
+    {
+        for head_dim in [64, 128] {
+            let mut case = Case::new(8, 2, head_dim, &seqs);
+            case.dtype = dtype;
+            Batch::new(&case, &mut rng(110 + i as u64), dev)?.check()?;
+            case.sliding_window = Some(300);
+            case.block_size = 32;
+            Batch::new(&case, &mut rng(120 + i as u64), dev)?.check()?;
+        }
+    }
+    Ok(())
+}
+
+fn head_dim_256_and_wide_groups(dev: &Device) -> Result<()> {
+    // head_dim 256 (Gemma-sized) and a group of 12 query heads per kv head (more heads
+    // than one CUDA block serves), in bf16 and f32.
+    for (i, dtype) in [DType::BF16, DType::F32].into_iter().enumerate() {
+        let mut case = Case::new(4, 2, 256, &mixed());
+        case.dtype = dtype;
+        Batch::new(&case, &mut rng(130 + i as u64), dev)?.check()?;
+        let mut case = Case::new(12, 1, 64, &mixed());
+        case.dtype = dtype;
+        Batch::new(&case, &mut rng(132 + i as u64), dev)?.check()?;
+    }
+    Ok(())
+}
+
+fn many_decode_rows(dev: &Device) -> Result<()> {
+    // A decode batch of 48 sequences of assorted lengths, bf16, Llama-3.2-1B's head layout.
+    let seqs: Vec<_> = (0..48).map(|i| seq(1 + (i * 37) % 300, 1)).collect();
+    let mut case = Case::new(32, 8, 64, &seqs);
+    case.dtype = DType::BF16;
+    Batch::new(&case, &mut rng(140), dev)?.check()
+}
+
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
@@ -174,4 +217,7 @@ device_tests!(
     non_contiguous_q,
     batch_invariance,
     cache_views_with_offsets,
+    long_contexts_split_and_tiled,
+    head_dim_256_and_wide_groups,
+    many_decode_rows,
 );

@@ -1,0 +1,346 @@
+//! The CUDA path of [`crate::paged_attention`]: checks the step's metadata on the host (once
+//! per step, see the parent module), turns it into work lists and launches the kernels of
+//! kernels/paged_attention.cu.
+//!
+//! Which kernel serves a sequence:
+//! - the tile kernel (tensor-core MMA, online softmax) for f16/bf16 with head_dim 64 or 128
+//!   and more than [`ROWS_MAX_Q`] queries (prefill, chunked prefill), when q and the caches
+//!   are 16-byte aligned;
+//! - the row kernel (split-K over [`PARTITION`]-key partitions, then a reduce) for every
+//!   other sequence: decode, short chunks, f32, other head sizes up to [`MAX_HEAD_DIM`].
+//!
+//! Both write disjoint rows of one zeroed output, so padding rows stay zero, and each
+//! sequence's result depends only on that sequence (batch invariance).
+
+use super::{aligned16, as_u32, view, PAGED_ATTENTION_PTX};
+use crate::attention_cpu::Dims;
+use crate::paged_attention::PagedAttention;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
+use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, TensorId};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Keys per split of the row kernel (`PARTITION` in the .cu file).
+const PARTITION: usize = 256;
+/// Query heads of one kv head that one row-kernel block serves.
+const HEADS_PER_BLOCK: usize = 8;
+/// Largest head_dim the row kernel takes.
+const MAX_HEAD_DIM: usize = 256;
+/// Query rows per tile-kernel block.
+const TILE_Q: usize = 64;
+/// Threads per block of every attention kernel.
+const THREADS: u32 = 128;
+/// Sequences with at most this many queries use the row kernel even when tiles could serve.
+const ROWS_MAX_Q: usize = 8;
+/// Name under which the module is cached on each device.
+const MODULE: &str = "wick_paged_attention";
+
+/// Shapes and scalars of every attention kernel; matches `wick::Geometry` in the .cu file.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    num_heads: u32,
+    num_kv_heads: u32,
+    head_dim: u32,
+    block_size: u32,
+    table_width: u32,
+    scale: f32,
+    window: u32,
+}
+
+// SAFETY: plain `#[repr(C)]` data of u32/f32 fields, laid out as `wick::Geometry`.
+unsafe impl DeviceRepr for Geometry {}
+
+/// One step's work lists on the GPU, four u32 per item (see the .cu file).
+struct Plan {
+    /// `{token, seq, key_start, key_end}` per query row for the row kernel.
+    rows: Option<CudaSlice<u32>>,
+    num_rows: u32,
+    /// Most partitions any row needs (grid z of the row kernel).
+    max_splits: u32,
+    /// `{q_row0, seq, rows, pos0}` per tile for the tile kernel.
+    tiles: Option<CudaSlice<u32>>,
+    num_tiles: u32,
+}
+
+/// What a plan depends on.
+#[derive(Debug, Clone, PartialEq)]
+struct PlanKey {
+    metadata: [TensorId; 3],
+    device: DeviceId,
+    dims: [usize; 6],
+    max_seqlen_q: usize,
+    max_seq_len: usize,
+    window: Option<usize>,
+    tiled: bool,
+}
+
+thread_local! {
+    /// The last plan made on this thread.
+    static LAST_PLAN: RefCell<Option<(PlanKey, Rc<Plan>)>> = const { RefCell::new(None) };
+}
+
+/// `cuda_fwd` of the paged attention op.
+pub(crate) fn forward(
+    op: &PagedAttention,
+    q: (&CudaStorage, &Layout),
+    k: (&CudaStorage, &Layout),
+    v: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let (num_tokens, num_heads, head_dim) = q.1.shape().dims3()?;
+    let (num_blocks, block_size, num_kv_heads, _) = k.1.shape().dims4()?;
+    let dims = Dims {
+        num_tokens,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        num_blocks,
+        block_size,
+    };
+    if head_dim > MAX_HEAD_DIM {
+        bail!("paged_attention: head_dim {head_dim} > {MAX_HEAD_DIM} is not supported on CUDA");
+    }
+    let dtype = q.0.dtype();
+    let size = dtype.size_in_bytes();
+    let tiled = dtype != DType::F32
+        && matches!(head_dim, 64 | 128)
+        && [q.1, k.1, v.1].into_iter().all(|l| aligned16(l, size));
+    let plan = plan(op, &dims, tiled, &q.0.device)?;
+    let out = match dtype {
+        DType::F32 => launch::<f32>("f32", op, &dims, &plan, q, k, v)?,
+        DType::F16 => launch::<half::f16>("f16", op, &dims, &plan, q, k, v)?,
+        DType::BF16 => launch::<half::bf16>("bf16", op, &dims, &plan, q, k, v)?,
+        other => bail!("paged_attention: q must be f32, f16 or bf16, got {other:?}"),
+    };
+    Ok((out, q.1.shape().clone()))
+}
+
+/// The step's checked work lists: remembered from the previous layer, or made now.
+fn plan(
+    op: &PagedAttention,
+    dims: &Dims,
+    tiled: bool,
+    dev: &candle_core::CudaDevice,
+) -> Result<Rc<Plan>> {
+    let key = PlanKey {
+        metadata: [op.block_tables.id(), op.cu_seqlens_q.id(), op.seq_lens.id()],
+        device: dev.id(),
+        dims: [
+            dims.num_tokens,
+            dims.num_heads,
+            dims.num_kv_heads,
+            dims.head_dim,
+            dims.num_blocks,
+            dims.block_size,
+        ],
+        max_seqlen_q: op.max_seqlen_q,
+        max_seq_len: op.max_seq_len,
+        window: op.params.sliding_window,
+        tiled,
+    };
+    let hit = LAST_PLAN.with(|last| {
+        last.borrow()
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, p)| p.clone())
+    });
+    if let Some(plan) = hit {
+        return Ok(plan);
+    }
+    let plan = Rc::new(make_plan(op, dims, tiled, dev)?);
+    LAST_PLAN.with(|last| *last.borrow_mut() = Some((key, plan.clone())));
+    Ok(plan)
+}
+
+/// Copies the metadata to the host, checks it as the CPU path does, and uploads the work
+/// lists.
+fn make_plan(
+    op: &PagedAttention,
+    dims: &Dims,
+    tiled: bool,
+    dev: &candle_core::CudaDevice,
+) -> Result<Plan> {
+    as_u32(dims.num_tokens, "num_tokens")?;
+    as_u32(op.max_seq_len, "max_seq_len")?;
+    let block_tables = op.block_tables.flatten_all()?.to_vec1::<u32>()?;
+    let cu_seqlens_q = op.cu_seqlens_q.to_vec1::<u32>()?;
+    let seq_lens = op.seq_lens.to_vec1::<u32>()?;
+    let seqs = op.sequences(dims, &block_tables, &cu_seqlens_q, &seq_lens)?;
+    let (mut rows, mut tiles) = (Vec::new(), Vec::new());
+    let mut max_splits = 1;
+    for (s, seq) in seqs.iter().enumerate() {
+        let first_pos = seq.seq_len - seq.q_len;
+        if tiled && seq.q_len > ROWS_MAX_Q {
+            for row0 in (0..seq.q_len).step_by(TILE_Q) {
+                let n = TILE_Q.min(seq.q_len - row0);
+                tiles.extend([seq.q_start + row0, s, n, first_pos + row0]);
+            }
+        } else {
+            for j in 0..seq.q_len {
+                let pos = first_pos + j;
+                let start = op.params.first_key(pos);
+                rows.extend([seq.q_start + j, s, start, pos + 1]);
+                max_splits = max_splits.max((pos + 1 - start).div_ceil(PARTITION));
+            }
+        }
+    }
+    if max_splits > u16::MAX as usize {
+        bail!(
+            "paged_attention: a context of {} keys is too long for CUDA",
+            op.max_seq_len
+        );
+    }
+    let upload = |items: Vec<usize>| -> Result<Option<CudaSlice<u32>>> {
+        if items.is_empty() {
+            return Ok(None);
+        }
+        // Every value is below num_tokens, num_seqs or max_seq_len, checked to fit in u32.
+        let items: Vec<u32> = items.into_iter().map(|x| x as u32).collect();
+        Ok(Some(dev.clone_htod(&items)?))
+    };
+    Ok(Plan {
+        num_rows: as_u32(rows.len() / 4, "query rows")?,
+        num_tiles: as_u32(tiles.len() / 4, "query tiles")?,
+        max_splits: max_splits as u32,
+        rows: upload(rows)?,
+        tiles: upload(tiles)?,
+    })
+}
+
+/// Runs the plan's kernels; returns the zero-initialised output they fill.
+fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
+    name: &str,
+    op: &PagedAttention,
+    dims: &Dims,
+    plan: &Plan,
+    q: (&CudaStorage, &Layout),
+    k: (&CudaStorage, &Layout),
+    v: (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    let dev = q.0.device.clone();
+    let qv = view::<T>(q.0, q.1, "q")?;
+    let kv = view::<T>(k.0, k.1, "key_cache")?;
+    let vv = view::<T>(v.0, v.1, "value_cache")?;
+    let (table_storage, table_l) = op.block_tables.storage_and_layout();
+    let Storage::Cuda(table_storage) = &*table_storage else {
+        bail!("paged_attention: block_tables must be on the GPU like q");
+    };
+    let table = view::<u32>(table_storage, table_l, "block_tables")?;
+    let geo = Geometry {
+        num_heads: as_u32(dims.num_heads, "num_heads")?,
+        num_kv_heads: as_u32(dims.num_kv_heads, "num_kv_heads")?,
+        head_dim: as_u32(dims.head_dim, "head_dim")?,
+        block_size: as_u32(dims.block_size, "block_size")?,
+        table_width: as_u32(op.block_tables.dim(1)?, "block table width")?,
+        scale: op.params.softmax_scale,
+        window: match op.params.sliding_window {
+            Some(w) => as_u32(w, "sliding_window")?,
+            None => 0,
+        },
+    };
+    let mut out = dev.alloc_zeros::<T>(dims.num_tokens * dims.num_heads * dims.head_dim)?;
+    let block = (THREADS, 1, 1);
+
+    if let Some(items) = &plan.rows {
+        let splits = plan.max_splits as usize;
+        let parts = if splits > 1 {
+            plan.num_rows as usize * dims.num_heads * splits
+        } else {
+            1 // unused, but the kernel takes a valid pointer
+        };
+        // SAFETY: uninitialised f32 buffers; the row kernel writes every (row, head,
+        // partition) entry that the reduce kernel reads (partitions below the row's count).
+        let (mut part_out, mut part_ml) = unsafe {
+            (
+                dev.alloc::<f32>(parts * dims.head_dim)?,
+                dev.alloc::<f32>(parts * 2)?,
+            )
+        };
+        let subgroups = dims.num_heads / dims.num_kv_heads;
+        let subgroups = subgroups.div_ceil(HEADS_PER_BLOCK);
+        let func = dev.get_or_load_custom_func(
+            &format!("wick_pa_rows_{name}"),
+            MODULE,
+            PAGED_ATTENTION_PTX,
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                plan.num_rows,
+                as_u32(dims.num_kv_heads * subgroups, "kv head blocks")?,
+                plan.max_splits,
+            ),
+            block_dim: block,
+            shared_mem_bytes: 0,
+        };
+        {
+            let mut b = func.builder();
+            b.arg(&mut out);
+            b.arg(&mut part_out);
+            b.arg(&mut part_ml);
+            b.arg(&qv);
+            b.arg(&kv);
+            b.arg(&vv);
+            b.arg(&table);
+            b.arg(items);
+            b.arg(&plan.max_splits);
+            b.arg(&geo);
+            // SAFETY: arguments match `wick_pa_rows_*`; every row item was built from
+            // checked metadata (its keys lie within its sequence's checked blocks, its token
+            // within q), and the buffers have the sizes the grid indexes.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        if splits > 1 {
+            let func = dev.get_or_load_custom_func(
+                &format!("wick_pa_reduce_{name}"),
+                MODULE,
+                PAGED_ATTENTION_PTX,
+            )?;
+            let cfg = LaunchConfig {
+                grid_dim: (plan.num_rows, geo.num_heads, 1),
+                block_dim: block,
+                shared_mem_bytes: 0,
+            };
+            let mut b = func.builder();
+            b.arg(&mut out);
+            b.arg(&part_out);
+            b.arg(&part_ml);
+            b.arg(items);
+            b.arg(&plan.max_splits);
+            b.arg(&geo.num_heads);
+            b.arg(&geo.head_dim);
+            // SAFETY: arguments match `wick_pa_reduce_*`; it reads the partials the row
+            // kernel above wrote, on the same stream.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+    }
+
+    if let Some(items) = &plan.tiles {
+        let func = dev.get_or_load_custom_func(
+            &format!("wick_pa_tile_{name}_hd{}", dims.head_dim),
+            MODULE,
+            PAGED_ATTENTION_PTX,
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (plan.num_tiles, geo.num_heads, 1),
+            block_dim: block,
+            shared_mem_bytes: 0,
+        };
+        let mut b = func.builder();
+        b.arg(&mut out);
+        b.arg(&qv);
+        b.arg(&kv);
+        b.arg(&vv);
+        b.arg(&table);
+        b.arg(items);
+        b.arg(&geo);
+        // SAFETY: arguments match `wick_pa_tile_*_hd*` for this dtype and head_dim; tiles
+        // come only from checked metadata, and `forward` chose tiles only for 16-byte
+        // aligned q and caches.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}

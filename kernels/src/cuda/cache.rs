@@ -1,0 +1,110 @@
+//! The CUDA path of [`crate::reshape_and_cache`]: host-side slot checks (once per step, see
+//! the parent module) and the copy kernel of kernels/reshape_and_cache.cu.
+
+use super::{as_u32, view, RESHAPE_AND_CACHE_PTX};
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{bail, CudaStorage, Layout, Result, Tensor, TensorId};
+use std::cell::Cell;
+
+/// Threads per token (each copies 16 bytes at a time).
+const THREADS: u32 = 128;
+
+thread_local! {
+    /// The last slot_mapping found valid, with the cache size it was checked against.
+    static LAST_CHECKED: Cell<Option<(TensorId, usize)>> = const { Cell::new(None) };
+}
+
+/// Checks `slot_mapping` (on the GPU) like the CPU path does, unless this thread already
+/// checked this very tensor against `num_slots`.
+pub(crate) fn check_slots_once(slot_mapping: &Tensor, num_slots: usize) -> Result<()> {
+    let key = (slot_mapping.id(), num_slots);
+    if LAST_CHECKED.get() == Some(key) {
+        return Ok(());
+    }
+    let slots = slot_mapping.to_vec1::<i64>()?;
+    crate::cache::check_slots(&slots, num_slots)?;
+    LAST_CHECKED.set(Some(key));
+    Ok(())
+}
+
+/// Writes row t of `rows` to slot `slots[t]` of `cache` on the GPU. Slots were checked.
+pub(crate) fn write(
+    cache: &mut CudaStorage,
+    cache_l: &Layout,
+    rows: (&CudaStorage, &Layout),
+    slots: (&CudaStorage, &Layout),
+    num_slots: usize,
+    row_len: usize,
+) -> Result<()> {
+    use candle_core::backend::BackendStorage;
+    match rows.0.dtype() {
+        candle_core::DType::F32 => {
+            copy::<f32>("b32", cache, cache_l, rows, slots, num_slots, row_len)
+        }
+        candle_core::DType::F16 => {
+            copy::<half::f16>("b16", cache, cache_l, rows, slots, num_slots, row_len)
+        }
+        candle_core::DType::BF16 => {
+            copy::<half::bf16>("b16", cache, cache_l, rows, slots, num_slots, row_len)
+        }
+        other => bail!("reshape_and_cache: key/value must be f32, f16 or bf16, got {other:?}"),
+    }
+}
+
+fn copy<T: CudaDType>(
+    width: &str,
+    cache: &mut CudaStorage,
+    cache_l: &Layout,
+    rows: (&CudaStorage, &Layout),
+    slots: (&CudaStorage, &Layout),
+    num_slots: usize,
+    row_len: usize,
+) -> Result<()> {
+    let Some((start, end)) = cache_l.contiguous_offsets() else {
+        bail!("reshape_and_cache: the cache must be contiguous");
+    };
+    let num_tokens = slots.1.shape().elem_count();
+    if num_tokens == 0 {
+        return Ok(());
+    }
+    if end - start != num_slots * row_len || rows.1.shape().elem_count() != num_tokens * row_len {
+        bail!("reshape_and_cache: storage sizes disagree with the shapes checked");
+    }
+    let dev = cache.device.clone();
+    let func = dev.get_or_load_custom_func(
+        &format!("wick_reshape_and_cache_{width}"),
+        "wick_reshape_and_cache",
+        RESHAPE_AND_CACHE_PTX,
+    )?;
+    let src = view::<T>(rows.0, rows.1, "key/value")?;
+    let slot_view = view::<i64>(slots.0, slots.1, "slot_mapping")?;
+    let cache_slice = cache.as_cuda_slice_mut::<T>()?;
+    if end > cache_slice.len() {
+        bail!("reshape_and_cache: cache layout outside its storage");
+    }
+    let mut dst = cache_slice.slice_mut(start..end);
+    let (n, len, slots_total) = (
+        as_u32(num_tokens, "num_tokens")?,
+        as_u32(row_len, "kv_heads * head_dim")?,
+        num_slots as u64,
+    );
+    let cfg = LaunchConfig {
+        grid_dim: (n, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut builder = func.builder();
+    builder.arg(&mut dst);
+    builder.arg(&src);
+    builder.arg(&slot_view);
+    builder.arg(&n);
+    builder.arg(&len);
+    builder.arg(&slots_total);
+    // SAFETY: the arguments match `wick_reshape_and_cache_{b16,b32}` (T is 2 or 4 bytes
+    // wide as the name says); `dst` holds num_slots * row_len elements, `src`
+    // num_tokens * row_len, `slot_view` num_tokens; the kernel skips slots outside
+    // 0..num_slots.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(())
+}
