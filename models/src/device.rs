@@ -4,14 +4,27 @@
 use crate::{ModelError, Result};
 use candle_core::{DType, Device};
 
-/// Picks the device `spec` names, or the default when `None`.
+/// Picks the device `spec` names, or the default when `None`: the first GPU when this
+/// build has CUDA and one is present, else the CPU. Logs the choice (and why a CUDA build
+/// fell back to the CPU).
 pub fn select_device(spec: Option<&str>) -> Result<Device> {
+    let device = pick(spec)?;
+    tracing::info!(device = %device_name(&device), "selected device");
+    Ok(device)
+}
+
+fn pick(spec: Option<&str>) -> Result<Device> {
     match spec.map(|s| s.trim().to_ascii_lowercase()) {
         None => {
-            if candle_core::utils::cuda_is_available() {
-                Ok(Device::new_cuda(0)?)
-            } else {
-                Ok(Device::Cpu)
+            if !candle_core::utils::cuda_is_available() {
+                return Ok(Device::Cpu);
+            }
+            match Device::new_cuda(0) {
+                Ok(device) => Ok(device),
+                Err(e) => {
+                    tracing::info!("built with CUDA but no usable GPU ({e}); using the CPU");
+                    Ok(Device::Cpu)
+                }
             }
         }
         Some(s) if s == "cpu" => Ok(Device::Cpu),
