@@ -101,6 +101,10 @@ pub struct Report {
     pub total_output_tokens: u64,
     /// Successful requests whose counts came from the server's usage chunk.
     pub usage_reported: usize,
+    /// Successful requests that returned fewer output tokens than they asked for (EOS,
+    /// a stop string, or a server that ignores `ignore_eos`/`min_tokens` or cuts streams
+    /// short).
+    pub short_outputs: usize,
     /// Successful requests per second.
     pub request_throughput: f64,
     /// Output tokens per second.
@@ -239,6 +243,10 @@ impl Report {
             total_prompt_tokens,
             total_output_tokens,
             usage_reported: ok.iter().filter(|r| r.usage_reported).count(),
+            short_outputs: ok
+                .iter()
+                .filter(|r| r.output_tokens < r.requested_output_tokens)
+                .count(),
             request_throughput: ok.len() as f64 / dur,
             output_throughput,
             total_token_throughput,
@@ -329,6 +337,16 @@ impl Report {
                 self.total_prompt_tokens, self.total_output_tokens, self.usage_reported, self.ok
             ),
         );
+        if self.short_outputs > 0 {
+            line(
+                "short",
+                format!(
+                    "{} of {} successful requests returned fewer tokens than asked for \
+                     (EOS, stop, or a server ignoring ignore_eos/min_tokens)",
+                    self.short_outputs, self.ok
+                ),
+            );
+        }
         if let Some(g) = &self.goodput {
             line(
                 "goodput",

@@ -44,6 +44,7 @@ async fn success_counts_tokens_exactly_and_matches_server_metrics() {
     assert_eq!((r.prompt_len.min, r.prompt_len.max), (32.0, 32.0));
     assert_eq!(r.total_output_tokens, 20 * 8);
     assert_eq!(r.usage_reported, 20);
+    assert_eq!(r.short_outputs, 0);
     assert_eq!(r.ttft_ms.count, 20);
     assert_eq!(r.tpot_ms.count, 20);
     assert_eq!(r.itl_ms.count, 20 * 7);
@@ -89,7 +90,7 @@ async fn every_failure_kind_is_counted_and_none_crashes_the_tool() {
     let schedule = vec![
         Ok,
         Ok,
-        Ok,
+        Short,
         Http429,
         Cut,
         Malformed,
@@ -121,8 +122,9 @@ async fn every_failure_kind_is_counted_and_none_crashes_the_tool() {
     assert!((r.error_rate - 0.7).abs() < 1e-9);
     assert_eq!(r.error_examples["stream_error"], "engine overloaded");
     assert!(r.error_examples["http_429"].contains("rate limited"));
-    // Latencies and tokens cover the 9 successes only.
-    assert_eq!(r.total_output_tokens, 9 * 6);
+    // Latencies and tokens cover the 9 successes only; 3 of them came back short.
+    assert_eq!(r.total_output_tokens, 6 * 6 + 3 * 3);
+    assert_eq!(r.short_outputs, 3);
     assert_eq!(r.e2e_ms.count, 9);
     let table = r.render();
     assert!(

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 pub enum Behavior {
     /// Streams `max_tokens` tokens, a usage chunk and `[DONE]`.
     Ok,
+    /// Streams half of `max_tokens`, then finishes normally ("stop", usage, `[DONE]`).
+    Short,
     /// Answers 429.
     Http429,
     /// Streams half the tokens, then ends the body cleanly without `[DONE]`.
@@ -243,7 +245,7 @@ async fn produce(
 ) -> bool {
     let long = Duration::from_secs(60);
     let tokens = match behavior {
-        Behavior::Cut | Behavior::Abort => max_tokens / 2,
+        Behavior::Cut | Behavior::Abort | Behavior::Short => max_tokens / 2,
         Behavior::Ok => max_tokens,
         _ => 1,
     };
@@ -259,7 +261,8 @@ async fn produce(
         }
     }
     let tail: Result<Bytes, std::io::Error> = match behavior {
-        Behavior::Ok => {
+        Behavior::Ok | Behavior::Short => {
+            let max_tokens = tokens;
             // Leaves the in-flight count before the client can see [DONE], so the count
             // never exceeds the client's concurrency.
             s.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -283,5 +286,5 @@ async fn produce(
         Behavior::Http429 => return false,
     };
     let _ = tx.send(tail).await;
-    behavior == Behavior::Ok
+    matches!(behavior, Behavior::Ok | Behavior::Short)
 }
