@@ -171,13 +171,10 @@ pub async fn run_prepared(
         b.finish();
     }
     let server = match before.as_deref().and_then(Counters::parse) {
-        Some(b) => prepared
-            .client
-            .metrics_text()
-            .await
-            .as_deref()
-            .and_then(Counters::parse)
-            .map(|a| b.delta(&a)),
+        Some(b) => {
+            let ok = result.records.iter().filter(|r| r.is_ok()).count();
+            server_delta(&prepared.client, b, ok).await
+        }
         None => None,
     };
     let info = RunInfo {
@@ -194,4 +191,24 @@ pub async fn run_prepared(
         server,
     };
     Report::new(info, result.records)
+}
+
+/// The server's counters since `before`. A server may count a request just after its
+/// last byte, so this re-reads for up to a second until the deltas cover `ok` requests.
+async fn server_delta(client: &Client, before: Counters, ok: usize) -> Option<Counters> {
+    let mut delta = None;
+    for _ in 0..20 {
+        let after = client.metrics_text().await;
+        delta = after
+            .as_deref()
+            .and_then(Counters::parse)
+            .map(|a| before.delta(&a));
+        match delta {
+            Some(d) if d.requests < ok as f64 => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            _ => break,
+        }
+    }
+    delta
 }

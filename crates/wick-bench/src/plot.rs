@@ -189,8 +189,13 @@ fn draw_panel(svg: &mut String, panel: &Panel, ox: f64, oy: f64) {
                 }
             }
         }
-        let ly = oy + t + 14.0 + 15.0 * i as f64;
-        let lx = ox + l + w - 150.0;
+    }
+    // The legend sits in the top margin, right-aligned, clear of the lines.
+    let entry_w = |s: &Series| 22.0 + 6.5 * s.name.chars().count() as f64;
+    let mut lx = ox + l + w - panel.series.iter().map(entry_w).sum::<f64>();
+    let ly = oy + 18.0;
+    for (i, s) in panel.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
         let _ = writeln!(
             svg,
             r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="4" fill="{color}"/><text x="{:.1}" y="{ly:.1}" font-size="11">{}</text>"#,
@@ -198,6 +203,7 @@ fn draw_panel(svg: &mut String, panel: &Panel, ox: f64, oy: f64) {
             lx + 16.0,
             esc(&s.name)
         );
+        lx += entry_w(s);
     }
 }
 
