@@ -1,1 +1,145 @@
-//! placeholder
+//! Test support shared by the crates' tests: where the SmolLM2 test model and the golden
+//! fixtures are, and how a generation is compared against them (as
+//! ../shared/fixtures/smollm2/README.md says). Panics are the point here: a missing
+//! fixture fails the test that needs it, loudly, never skips it.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The SmolLM2-135M-Instruct GGUF (`scripts/fetch-test-model.sh`), or `WICK_SMOLLM2_GGUF`.
+pub fn smollm2_gguf() -> PathBuf {
+    let p = std::env::var("WICK_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-test-model.sh (or set WICK_SMOLLM2_GGUF)",
+        p.display()
+    );
+    p
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// ../shared/fixtures, or `WICK_FIXTURES`.
+pub fn fixtures_dir() -> PathBuf {
+    let p = std::env::var("WICK_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("../shared/fixtures"));
+    assert!(
+        p.is_dir(),
+        "fixtures not found at {} (set WICK_FIXTURES)",
+        p.display()
+    );
+    p
+}
+
+/// One generated token of the reference.
+#[derive(Deserialize, Debug, Clone)]
+pub struct Step {
+    /// The token id.
+    pub token: u32,
+    /// Its logprob.
+    pub logprob: f64,
+    /// Logprob gap between the best and the second-best token.
+    pub margin: f64,
+}
+
+/// One golden case.
+#[derive(Deserialize, Debug, Clone)]
+pub struct Case {
+    /// Name.
+    pub id: String,
+    /// Raw completion prompt.
+    pub prompt: Option<String>,
+    /// Chat messages (rendered with the model's template).
+    pub messages: Option<serde_json::Value>,
+    /// Tokens generated.
+    pub max_tokens: usize,
+    /// The prompt's token ids.
+    pub prompt_token_ids: Vec<u32>,
+    /// The greedy continuation.
+    pub output_token_ids: Vec<u32>,
+    /// Its text.
+    pub output_text: String,
+    /// Per generated token.
+    pub steps: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+struct Golden {
+    cases: Vec<Case>,
+}
+
+/// The SmolLM2 golden cases.
+pub fn golden_cases() -> Vec<Case> {
+    let path = fixtures_dir().join("smollm2/golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str::<Golden>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .cases
+}
+
+/// How many leading tokens of `case` must match exactly: up to and including the first
+/// step whose margin is a near tie (below 0.01), after which the rest may differ.
+pub fn comparable_len(case: &Case) -> usize {
+    let n = case.output_token_ids.len();
+    case.steps
+        .iter()
+        .take(n)
+        .position(|s| s.margin < 0.01)
+        .map_or(n, |i| i + 1)
+}
+
+/// Checks generated token ids against a golden case: equal up to the first near tie, and
+/// of the same length when there is none.
+pub fn assert_ids_match_golden(case: &Case, got: &[u32]) {
+    let k = comparable_len(case);
+    assert!(
+        got.len() >= k,
+        "{}: generated {} tokens, golden has {}: {got:?}",
+        case.id,
+        got.len(),
+        case.output_token_ids.len()
+    );
+    assert_eq!(
+        &got[..k],
+        &case.output_token_ids[..k],
+        "{}: tokens differ",
+        case.id
+    );
+    if k == case.output_token_ids.len() {
+        assert_eq!(got.len(), k, "{}: length differs: {got:?}", case.id);
+    }
+}
+
+/// Checks generated (token, logprob) pairs against a golden case as the fixture README
+/// says: ids as [`assert_ids_match_golden`], chosen-token logprobs within `tol`.
+pub fn assert_matches_golden(case: &Case, got: &[(u32, f32)], tol: f64) {
+    let ids: Vec<u32> = got.iter().map(|t| t.0).collect();
+    assert_ids_match_golden(case, &ids);
+    for (i, (step, &(_, lp))) in case
+        .steps
+        .iter()
+        .zip(got)
+        .take(comparable_len(case))
+        .enumerate()
+    {
+        assert!(
+            (lp as f64 - step.logprob).abs() < tol,
+            "{}: step {i} logprob {lp} vs golden {}",
+            case.id,
+            step.logprob
+        );
+    }
+}
+
+/// golden.json as a JSON value, for tests that read fields [`Case`] does not type.
+pub fn golden_json() -> serde_json::Value {
+    let path = fixtures_dir().join("smollm2/golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

@@ -13,30 +13,11 @@ use wick_models::tokenizer::gguf::{
 use wick_server::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, RenderOptions};
 
 fn gguf_path() -> PathBuf {
-    let path = std::env::var_os("WICK_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "SmolLM2 GGUF not found at {}: run scripts/fetch-test-model.sh (or set WICK_SMOLLM2_GGUF)",
-        path.display()
-    );
-    path
+    wick_test_support::smollm2_gguf()
 }
 
 fn golden() -> serde_json::Value {
-    let path = std::env::var_os("WICK_FIXTURES")
-        .map(|dir| PathBuf::from(dir).join("smollm2/golden.json"))
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures/smollm2/golden.json")
-        });
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read fixtures {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("golden.json parses")
+    wick_test_support::golden_json()
 }
 
 #[test]

@@ -1,74 +1,17 @@
 //! Test support: locating the SmolLM2 GGUF and the golden fixtures, and a small batch
 //! driver that runs many sequences together through the model (what the engine's runner
 //! will do), so tests can check that batching, chunking and shared blocks change nothing.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod tiny;
 
+pub use wick_test_support::{
+    assert_matches_golden, fixtures_dir, golden_cases, smollm2_gguf, Case,
+};
+
 use candle_core::{DType, Device};
-use serde::Deserialize;
-use std::path::PathBuf;
 use wick_models::llama::log_softmax;
 use wick_models::{KvCache, LlamaModel, LoadedModel, ModelInput, SequenceChunk};
-
-pub fn smollm2_gguf() -> PathBuf {
-    let p = std::env::var("WICK_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-test-model.sh (or set WICK_SMOLLM2_GGUF)",
-        p.display()
-    );
-    p
-}
-
-pub fn fixtures_dir() -> PathBuf {
-    let p = std::env::var("WICK_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-        });
-    assert!(
-        p.is_dir(),
-        "fixtures not found at {} (set WICK_FIXTURES)",
-        p.display()
-    );
-    p
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct Step {
-    pub token: u32,
-    pub logprob: f64,
-    pub margin: f64,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct Case {
-    pub id: String,
-    pub prompt: Option<String>,
-    pub messages: Option<serde_json::Value>,
-    pub max_tokens: usize,
-    pub prompt_token_ids: Vec<u32>,
-    pub output_token_ids: Vec<u32>,
-    pub output_text: String,
-    pub steps: Vec<Step>,
-}
-
-#[derive(Deserialize)]
-struct Golden {
-    cases: Vec<Case>,
-}
-
-pub fn golden_cases() -> Vec<Case> {
-    let path = fixtures_dir().join("smollm2/golden.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str::<Golden>(&text).unwrap().cases
-}
 
 pub fn load_smollm2(dtype: DType) -> LoadedModel {
     wick_models::load(
@@ -79,36 +22,6 @@ pub fn load_smollm2(dtype: DType) -> LoadedModel {
         },
     )
     .expect("load SmolLM2 GGUF")
-}
-
-/// Checks `got` (token, logprob) against a golden case as the fixture README says: ids
-/// equal up to the first near tie, chosen-token logprobs within `tol`.
-pub fn assert_matches_golden(case: &Case, got: &[(u32, f32)], tol: f64) {
-    let n = case.output_token_ids.len();
-    for (i, step) in case.steps.iter().enumerate().take(n) {
-        let Some(&(id, lp)) = got.get(i) else {
-            panic!(
-                "{}: generated {} tokens, golden has {n}",
-                case.id,
-                got.len()
-            );
-        };
-        assert_eq!(
-            id, step.token,
-            "{}: token {i} differs (got {:?})",
-            case.id, got
-        );
-        assert!(
-            (lp as f64 - step.logprob).abs() < tol,
-            "{}: step {i} logprob {lp} vs golden {}",
-            case.id,
-            step.logprob
-        );
-        if step.margin < 0.01 {
-            return; // a near tie: the rest may legitimately differ
-        }
-    }
-    assert_eq!(got.len(), n, "{}: length differs", case.id);
 }
 
 /// One sequence in a [`run_batch`].
