@@ -8,5 +8,6 @@ pub mod request;
 pub use bytes::parse_bytes;
 pub use error::{ErrorKind, WickError};
 pub use request::{
-    FinishReason, RequestId, SamplingParams, TokenEvent, TokenLogprobs, MAX_TOP_LOGPROBS,
+    FinishReason, RequestId, RequestMetrics, SamplingParams, TokenEvent, TokenLogprobs,
+    MAX_TOP_LOGPROBS,
 };

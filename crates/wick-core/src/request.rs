@@ -195,6 +195,29 @@ pub enum TokenEvent {
         /// Set on the completion's last token.
         finish_reason: Option<FinishReason>,
     },
+    /// Every completion has finished; nothing more follows.
+    Finished(RequestMetrics),
     /// The request failed; nothing more follows.
     Error(crate::WickError),
+}
+
+/// Timings and counts of one finished request, for metrics and logs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestMetrics {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+    /// Generated tokens, over all n completions.
+    pub generation_tokens: usize,
+    /// Arrival to first scheduled step, seconds.
+    pub queue_time_s: f64,
+    /// Arrival to first token, seconds.
+    pub ttft_s: f64,
+    /// Arrival to last token, seconds.
+    pub e2e_s: f64,
+    /// Times between consecutive tokens of each completion, seconds.
+    pub inter_token_s: Vec<f64>,
+    /// Times this request's sequences were preempted.
+    pub preemptions: u32,
 }

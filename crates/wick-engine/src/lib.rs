@@ -1,4 +1,18 @@
-//! placeholder
+//! wick-engine: many requests share the model at every step.
+//!
+//! - [`kv`]: block pool and per-sequence block tables (prefix caching, LRU eviction);
+//! - [`scheduler`]: fills each step's token budget (decode first, chunked prefill,
+//!   preemption by recompute); its output is plain data;
+//! - [`runner`]: that plain data -> one model forward -> logits;
+//! - [`sampler`]: logits -> tokens, every OpenAI sampling parameter, seeded;
+//! - [`engine`]: the loop on its own thread and the [`EngineHandle`] to submit requests.
 
+pub mod engine;
 pub mod kv;
+pub mod runner;
+pub mod sampler;
 pub mod scheduler;
+
+pub use engine::{
+    EngineConfig, EngineHandle, EngineInfo, EngineRequest, EngineStats, RequestStream,
+};

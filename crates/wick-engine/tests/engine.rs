@@ -1,0 +1,256 @@
+//! The engine with SmolLM2 (../shared/fixtures): golden greedy results survive batching,
+//! copies, chunked prefill, prefix caching and preemption; seeded sampling is independent
+//! of the batch; dropped streams give every block back.
+//!
+//! Needs the model file: run `scripts/fetch-test-model.sh` (or set WICK_SMOLLM2_GGUF).
+
+use candle_core::{DType, Device};
+use std::time::{Duration, Instant};
+use wick_core::{FinishReason, RequestMetrics, SamplingParams, TokenEvent};
+use wick_engine::{EngineConfig, EngineHandle, EngineRequest, EngineStats, RequestStream};
+use wick_models::KvCache;
+use wick_test_support::{assert_ids_match_golden, golden_cases, smollm2_gguf};
+
+fn start(config: impl FnOnce(usize) -> EngineConfig) -> EngineHandle {
+    let loaded = wick_models::load(
+        smollm2_gguf().to_str().expect("utf-8 path"),
+        &wick_models::LoadOptions {
+            dtype: Some(DType::F32),
+            device: Device::Cpu,
+        },
+    )
+    .expect("load SmolLM2");
+    let block_bytes = KvCache::bytes_per_block(loaded.model.config(), 16, DType::F32);
+    EngineHandle::start(
+        loaded.model,
+        loaded.special.eos_token_ids,
+        config(block_bytes),
+    )
+    .expect("engine starts")
+}
+
+/// Everything one request's stream carried.
+#[derive(Debug, Default)]
+struct Collected {
+    tokens: Vec<Vec<u32>>,
+    finish: Vec<Option<FinishReason>>,
+    metrics: Option<RequestMetrics>,
+}
+
+fn collect(mut stream: RequestStream, n: usize) -> Collected {
+    let mut c = Collected {
+        tokens: vec![vec![]; n],
+        finish: vec![None; n],
+        metrics: None,
+    };
+    while let Some(ev) = stream.blocking_next() {
+        match ev {
+            TokenEvent::Token {
+                index,
+                id,
+                finish_reason,
+                ..
+            } => {
+                c.tokens[index].push(id);
+                if finish_reason.is_some() {
+                    c.finish[index] = finish_reason;
+                }
+            }
+            TokenEvent::Finished(m) => c.metrics = Some(m),
+            TokenEvent::Error(e) => panic!("request failed: {e}"),
+        }
+    }
+    c
+}
+
+/// Waits (bounded) until the engine reports `done`.
+fn wait_for(engine: &EngineHandle, done: impl Fn(&EngineStats) -> bool) -> EngineStats {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = engine.stats();
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "engine never settled: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn golden_cases_with_copies_preemption_chunking_and_prefix_hits() {
+    let cases = golden_cases();
+    let longest = cases
+        .iter()
+        .map(|c| c.prompt_token_ids.len() + c.max_tokens)
+        .max()
+        .expect("cases");
+    // Room for the longest request and a little more: far less than the 24 requests
+    // below need at once, so the scheduler must preempt; a 24-token budget forces every
+    // prompt's prefill into chunks.
+    let num_blocks = longest.div_ceil(16) + 3;
+    let engine = start(|block_bytes| EngineConfig {
+        max_num_seqs: 16,
+        max_num_batched_tokens: 24,
+        kv_cache_memory: Some((num_blocks * block_bytes) as u64),
+        ..EngineConfig::default()
+    });
+    assert_eq!(engine.info().num_blocks, num_blocks);
+
+    const COPIES: usize = 3;
+    let mut streams = vec![];
+    for _ in 0..COPIES {
+        for c in &cases {
+            let req = EngineRequest {
+                prompt_token_ids: c.prompt_token_ids.clone(),
+                params: SamplingParams::greedy(c.max_tokens),
+            };
+            streams.push((c, engine.submit(req).expect("submit")));
+        }
+    }
+    // One more: n = 2 greedy copies in one request share the prompt and agree.
+    let c0 = &cases[0];
+    let n2 = engine
+        .submit(EngineRequest {
+            prompt_token_ids: c0.prompt_token_ids.clone(),
+            params: SamplingParams {
+                n: 2,
+                ..SamplingParams::greedy(c0.max_tokens)
+            },
+        })
+        .expect("submit n=2");
+
+    for (case, stream) in streams {
+        let got = collect(stream, 1);
+        assert_ids_match_golden(case, &got.tokens[0]);
+        let m = got.metrics.expect("metrics");
+        assert_eq!(m.prompt_tokens, case.prompt_token_ids.len());
+        assert_eq!(m.generation_tokens, got.tokens[0].len());
+        assert!(m.ttft_s >= m.queue_time_s && m.e2e_s >= m.ttft_s, "{m:?}");
+        let expect = if got.tokens[0].len() == case.max_tokens {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
+        assert_eq!(got.finish[0], Some(expect), "{}", case.id);
+    }
+    let got = collect(n2, 2);
+    assert_ids_match_golden(c0, &got.tokens[0]);
+    assert_eq!(got.tokens[0], got.tokens[1]);
+
+    let stats = wait_for(&engine, |s| s.num_running == 0 && s.num_waiting == 0);
+    assert!(stats.num_preemptions > 0, "no preemption: {stats:?}");
+    assert!(
+        stats.prefix_cache_hits > 0 && stats.prefix_cache_hits <= stats.prefix_cache_queries,
+        "no prefix cache hit: {stats:?}"
+    );
+    assert_eq!(stats.num_used_blocks, 0, "blocks leaked: {stats:?}");
+    engine.shutdown();
+}
+
+#[test]
+fn seeded_sampling_is_the_same_alone_and_in_a_batch_of_16() {
+    let engine = start(|_| EngineConfig::default());
+    let cases = golden_cases();
+    let seeded = |prompt: &[u32], seed: u64| EngineRequest {
+        prompt_token_ids: prompt.to_vec(),
+        params: SamplingParams {
+            temperature: 0.9,
+            top_p: 0.95,
+            top_k: 50,
+            seed: Some(seed),
+            max_tokens: 24,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        },
+    };
+    let target = seeded(&cases[1].prompt_token_ids, 1234);
+    let alone = collect(engine.submit(target.clone()).expect("submit"), 1);
+    assert_eq!(alone.tokens[0].len(), 24);
+
+    // 15 other requests (other prompts, seeds, parameters, some greedy) around it.
+    let mut others = vec![];
+    for i in 0..15usize {
+        let c = &cases[i % cases.len()];
+        let mut r = seeded(&c.prompt_token_ids, 7 + i as u64);
+        r.params.temperature = [0.0, 0.5, 1.3][i % 3];
+        r.params.max_tokens = 8 + i;
+        r.params.presence_penalty = if i % 2 == 0 { 0.5 } else { 0.0 };
+        others.push(engine.submit(r).expect("submit"));
+        if i == 7 {
+            others.push(engine.submit(target.clone()).expect("submit"));
+        }
+    }
+    let mut results: Vec<Collected> = others.into_iter().map(|s| collect(s, 1)).collect();
+    let in_batch = results.remove(8);
+    assert_eq!(in_batch.tokens, alone.tokens);
+
+    // A different seed gives a different stream (the check above is not vacuous).
+    let other_seed = collect(
+        engine
+            .submit(seeded(&cases[1].prompt_token_ids, 99))
+            .expect("submit"),
+        1,
+    );
+    assert_ne!(other_seed.tokens, alone.tokens);
+    engine.shutdown();
+}
+
+#[test]
+fn dropping_50_streams_at_random_points_returns_every_block() {
+    let engine = start(|_| EngineConfig {
+        max_num_batched_tokens: 64,
+        ..EngineConfig::default()
+    });
+    let cases = golden_cases();
+    let mut streams: Vec<RequestStream> = (0..50usize)
+        .map(|i| {
+            let c = &cases[i % cases.len()];
+            engine
+                .submit(EngineRequest {
+                    prompt_token_ids: c.prompt_token_ids.clone(),
+                    params: SamplingParams {
+                        max_tokens: 200,
+                        ignore_eos: true,
+                        seed: Some(i as u64),
+                        ..SamplingParams::default()
+                    },
+                })
+                .expect("submit")
+        })
+        .collect();
+    // Drop each after a pseudo-random number of events (0 to 6): some still waiting, some
+    // mid-prefill, some decoding.
+    let mut dropped = 0;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut quota: Vec<u64> = (0..streams.len())
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 7
+        })
+        .collect();
+    while !streams.is_empty() {
+        let mut i = 0;
+        while i < streams.len() {
+            if quota[i] == 0 {
+                drop(streams.swap_remove(i));
+                quota.swap_remove(i);
+                dropped += 1;
+                continue;
+            }
+            match streams[i].blocking_next() {
+                Some(TokenEvent::Token { .. }) => quota[i] -= 1,
+                other => panic!("unexpected event {other:?}"),
+            }
+            i += 1;
+        }
+    }
+    assert_eq!(dropped, 50);
+    let stats = wait_for(&engine, |s| {
+        s.num_running == 0 && s.num_waiting == 0 && s.num_used_blocks == 0
+    });
+    assert_eq!(engine.num_queued(), 0, "{stats:?}");
+    assert!(stats.steps > 0);
+    engine.shutdown();
+}
