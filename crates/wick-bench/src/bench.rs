@@ -22,17 +22,21 @@ use crate::workload::{self, Prompt, WorkItem};
 /// Items built when a run is bounded by time only; they are cycled.
 const DURATION_POOL: usize = 1000;
 
-/// A run made ready: endpoint, model, tokenizer and items.
+/// A benchmark made ready: endpoint, model and tokenizer.
 pub struct Prepared {
     client: Client,
     model: String,
+    tokenizer: Tokenizer,
+}
+
+/// The requests of one load level.
+struct Items {
     chat: bool,
-    tokenizer: &'static str,
     warmup: Arc<Vec<WorkItem>>,
     counted: Arc<Vec<WorkItem>>,
 }
 
-/// Resolves the model, the tokenizer and the workload of `config`.
+/// Resolves the endpoint, the model and the tokenizer of `config`.
 pub async fn prepare(config: &BenchConfig) -> anyhow::Result<Prepared> {
     let client = Client::new(&config.base_url(), config.api_key.clone())?;
     let model = match &config.model {
@@ -42,42 +46,51 @@ pub async fn prepare(config: &BenchConfig) -> anyhow::Result<Prepared> {
             .await
             .context("finding the model name (pass --model to skip this)")?,
     };
-    let tok = Tokenizer::resolve(&config.tokenizer, &client, &model).await?;
-    let (n, _) = config.stop_condition();
-    let counted_n = n.unwrap_or(DURATION_POOL).max(1);
-    let mut items = workload::build(
-        &config.workload,
-        config.warmup + counted_n,
-        config.seed,
-        &tok,
-    )
-    .await
-    .context("building the workload")?;
-    let counted = items.split_off(config.warmup.min(items.len()));
-    let has_chat = counted.iter().any(|i| matches!(i.prompt, Prompt::Chat(_)));
-    let chat = match config.endpoint {
-        EndpointKind::Chat => true,
-        EndpointKind::Completions => false,
-        EndpointKind::Auto => has_chat,
-    };
+    let tokenizer = Tokenizer::resolve(&config.tokenizer, &client, &model).await?;
     Ok(Prepared {
         client,
         model,
-        chat,
-        tokenizer: tok.name(),
-        warmup: Arc::new(items),
-        counted: Arc::new(counted),
+        tokenizer,
     })
+}
+
+impl Prepared {
+    /// Warm-up and counted items for `seed`.
+    async fn items(&self, config: &BenchConfig, seed: u64) -> anyhow::Result<Items> {
+        let (n, _) = config.stop_condition();
+        let counted_n = n.unwrap_or(DURATION_POOL).max(1);
+        let mut items = workload::build(
+            &config.workload,
+            config.warmup + counted_n,
+            seed,
+            &self.tokenizer,
+        )
+        .await
+        .context("building the workload")?;
+        let counted = items.split_off(config.warmup.min(items.len()));
+        let has_chat = counted.iter().any(|i| matches!(i.prompt, Prompt::Chat(_)));
+        let chat = match config.endpoint {
+            EndpointKind::Chat => true,
+            EndpointKind::Completions => false,
+            EndpointKind::Auto => has_chat,
+        };
+        Ok(Items {
+            chat,
+            warmup: Arc::new(items),
+            counted: Arc::new(counted),
+        })
+    }
 }
 
 /// Runs `config` at `config.load`. Cancelling `cancel` stops it early with a partial
 /// report.
 pub async fn run_benchmark(config: &BenchConfig, cancel: &CancelToken) -> anyhow::Result<Report> {
     let prepared = prepare(config).await?;
-    Ok(run_prepared(&prepared, config, config.load, cancel).await)
+    run_prepared(&prepared, config, config.load, config.seed, cancel).await
 }
 
-/// Runs `config` once per load level, on the same workload.
+/// Runs `config` once per load level. Each level gets its own prompts (seed + level
+/// index), so a server's prefix cache cannot serve one level from another's prompts.
 pub async fn run_sweep(
     config: &BenchConfig,
     loads: &[LoadSpec],
@@ -85,11 +98,12 @@ pub async fn run_sweep(
 ) -> anyhow::Result<SweepReport> {
     let prepared = prepare(config).await?;
     let mut points = Vec::new();
-    for &load in loads {
+    for (i, &load) in loads.iter().enumerate() {
         if cancel.is_cancelled() {
             break;
         }
-        let report = run_prepared(&prepared, config, load, cancel).await;
+        let seed = config.seed.wrapping_add(i as u64);
+        let report = run_prepared(&prepared, config, load, seed, cancel).await?;
         if config.progress {
             eprintln!("{}", report.render());
         }
@@ -98,16 +112,18 @@ pub async fn run_sweep(
     Ok(SweepReport { points })
 }
 
-/// Runs one load level on a prepared workload.
+/// Runs one load level: builds its items from `seed`, warms up, measures.
 pub async fn run_prepared(
     prepared: &Prepared,
     config: &BenchConfig,
     load: LoadSpec,
+    seed: u64,
     cancel: &CancelToken,
-) -> Report {
+) -> anyhow::Result<Report> {
+    let items = prepared.items(config, seed).await?;
     let opts = Arc::new(StreamOpts {
         model: prepared.model.clone(),
-        chat: prepared.chat,
+        chat: items.chat,
         ignore_eos: config.ignore_eos,
         temperature: config.temperature,
         request_timeout: config.request_timeout,
@@ -119,8 +135,8 @@ pub async fn run_prepared(
         opts: opts.clone(),
         cancel: cancel.clone(),
     };
-    if !prepared.warmup.is_empty() {
-        let n = prepared.warmup.len();
+    if !items.warmup.is_empty() {
+        let n = items.warmup.len();
         let concurrency = match load {
             LoadSpec::Closed { concurrency } => concurrency,
             LoadSpec::Open {
@@ -135,15 +151,7 @@ pub async fn run_prepared(
         let bar = config
             .progress
             .then(|| Progress::start(label, live.clone(), Some(n), None));
-        run_phase(
-            &phase(&prepared.warmup),
-            warm,
-            Some(n),
-            None,
-            config.seed,
-            live,
-        )
-        .await;
+        run_phase(&phase(&items.warmup), warm, Some(n), None, seed, live).await;
         if let Some(b) = bar {
             b.finish();
         }
@@ -159,11 +167,11 @@ pub async fn run_prepared(
         .progress
         .then(|| Progress::start(load.label(), live.clone(), max_requests, duration));
     let result = run_phase(
-        &phase(&prepared.counted),
+        &phase(&items.counted),
         load,
         max_requests,
         duration,
-        config.seed,
+        seed,
         live,
     )
     .await;
@@ -180,17 +188,17 @@ pub async fn run_prepared(
     let info = RunInfo {
         url: config.base_url(),
         model: prepared.model.clone(),
-        endpoint: if prepared.chat { "chat" } else { "completions" }.into(),
+        endpoint: if items.chat { "chat" } else { "completions" }.into(),
         load,
         workload: config.workload.clone(),
-        tokenizer: prepared.tokenizer.into(),
+        tokenizer: prepared.tokenizer.name().into(),
         duration_s: result.duration.as_secs_f64(),
         interrupted: result.interrupted,
         slo: config.slo,
         cost: config.cost,
         server,
     };
-    Report::new(info, result.records)
+    Ok(Report::new(info, result.records))
 }
 
 /// The server's counters since `before`. A server may count a request just after its

@@ -71,6 +71,23 @@ fn sweep_writes_json_and_svg() {
         assert!((cost - 2.10 / (tps * 3600.0) * 1e6).abs() < 1e-6 * cost.max(1.0));
         assert_eq!(p["goodput"]["fraction"], 0.75);
     }
+    // Each level sent its own prompts: no level can ride on another's prefix cache.
+    let prompts: Vec<String> = fake
+        .state
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b["prompt"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prompts.len(), 24);
+    let level = |i: usize| {
+        let mut p = prompts[i * 8..(i + 1) * 8].to_vec();
+        p.sort();
+        p
+    };
+    assert_ne!(level(0), level(1));
+    assert_ne!(level(1), level(2));
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("Output throughput") && svg.contains("TTFT CDF")
