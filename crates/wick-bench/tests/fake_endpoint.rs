@@ -292,3 +292,37 @@ async fn sharegpt_file_goes_to_chat_with_reference_lengths() {
             .sum::<u64>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_at_a_finite_rate_honours_count_and_duration() {
+    let fake = start(vec![Behavior::Ok], true, Duration::ZERO).await;
+    let by_count = BenchConfig {
+        workload: synthetic(8, 4),
+        load: LoadSpec::Open {
+            rate: 50.0,
+            poisson: true,
+            max_concurrency: None,
+        },
+        num_requests: Some(12),
+        ..BenchConfig::new(fake.url.clone())
+    };
+    let r = run_benchmark(&by_count, &CancelToken::new()).await.unwrap();
+    assert_eq!((r.ok, r.failed), (12, 0));
+    let starts: Vec<f64> = r.records.iter().map(|x| x.start_s).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+
+    let by_time = BenchConfig {
+        load: LoadSpec::Open {
+            rate: 20.0,
+            poisson: false,
+            max_concurrency: Some(4),
+        },
+        num_requests: None,
+        duration: Some(Duration::from_millis(500)),
+        ..by_count
+    };
+    let r = run_benchmark(&by_time, &CancelToken::new()).await.unwrap();
+    assert!(r.ok >= 1 && r.failed == 0 && !r.interrupted);
+    // Constant arrivals every 50 ms within 500 ms: at most 10 starts (index 0..=9).
+    assert!(r.ok <= 10, "{}", r.ok);
+}
