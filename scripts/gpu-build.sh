@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds, on a machine without a GPU, everything scripts/gpu-run.sh needs on the GPU
+# machine (which has no Rust toolchain): with --features cuda, the release `wick` binary,
+# the wick-kernels test executable (CUDA kernels against their CPU reference) and the
+# wick-models examples logits_dump and forward_bench. They land stripped in .device/bin
+# (ignored by git), packed into .device/bin.tar.xz too (PTX compresses well; only 64 MiB
+# travel to the GPU machine), with a manifest.
+#
+# Usage: scripts/gpu-build.sh   then carry .device/bin.tar.xz (gpu-run.sh unpacks it).
+# Uses the pinned CUDA 13.0 toolchain of scripts/install-cuda-toolchain.sh, and
+# CARGO_TARGET_DIR (default target-cuda, apart from the CPU builds' target/).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+# shellcheck disable=SC1090
+source "$(scripts/install-cuda-toolchain.sh)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target-cuda}"
+cargo_() { nice -n 19 cargo "$@"; }
+out="$root/.device"
+rm -rf "$out/bin" "$out/bin.tar.xz"
+mkdir -p "$out/bin"
+start=$SECONDS
+
+# One cargo invocation for every target, so that candle is built once with one feature set.
+pkgs=(-p wick -p wick-models -p wick-kernels)
+targets=(--bin wick --example logits_dump --example forward_bench --test ops)
+cargo_ build --release --features cuda "${pkgs[@]}" "${targets[@]}"
+cp "$CARGO_TARGET_DIR/release/wick" "$out/bin/"
+cp "$CARGO_TARGET_DIR/release/examples/logits_dump" "$CARGO_TARGET_DIR/release/examples/forward_bench" "$out/bin/"
+# The test executable (already built above): cargo prints its path as JSON.
+cargo_ test --release --features cuda "${pkgs[@]}" --test ops --no-run --message-format=json \
+  | python3 -c '
+import json, sys, shutil, os
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    exe = msg.get("executable")
+    if msg.get("reason") == "compiler-artifact" and exe and msg.get("profile", {}).get("test"):
+        name = "test-" + msg["target"]["name"] + "-" + msg["target"]["kind"][0]
+        shutil.copy(exe, os.path.join(sys.argv[1], name))
+        print("test executable:", name)
+' "$out/bin"
+strip "$out/bin/"*
+
+{
+  echo "built $(date -u +%FT%TZ) from $(git rev-parse --short HEAD)$(git diff --quiet -- kernels models || echo '+changes')"
+  nvcc --version | tail -1
+  (cd "$out/bin" && ls -l)
+} >"$out/bin/MANIFEST"
+tar -C "$out" -cJf "$out/bin.tar.xz" bin
+echo "built in $((SECONDS - start))s:"
+cat "$out/bin/MANIFEST"
+ls -l "$out/bin.tar.xz"

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Python half of scripts/gpu-run.sh, run on the GPU machine (PyTorch + transformers).
+
+  make-model DIR                 random-weight Llama-3.2-1B-shaped bf16 model + tokenizer
+  compare MODEL WICK_PREFIX OUT  wick's dumped logits (examples/logits_dump) against
+                                 transformers' on the same weights, teacher-forced
+  bench MODEL PROMPT_LEN DECODE  the same prefill/decode measurement through transformers
+"""
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def make_model(path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        tie_word_embeddings=True, bos_token_id=0, eos_token_id=1,
+        # Larger than the usual 0.02 so attention and logits are peaked enough for greedy
+        # tokens to be a meaningful comparison.
+        initializer_range=0.05, torch_dtype="bfloat16",
+    )
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+
+    # A real byte-level BPE tokenizer (ids < 8000), trained here since nothing downloads.
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=8000, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    words = "the quick brown fox jumps over a lazy dog while wick serves tokens fast".split()
+    rng = np.random.default_rng(0)
+    corpus = [" ".join(rng.choice(words, 40)) for _ in range(2000)]
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(f"{path}/tokenizer.json")
+    with open(f"{path}/tokenizer_config.json", "w") as f:
+        json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    print("saved", path, sum(p.numel() for p in model.parameters()), "parameters")
+
+
+def compare(model_dir, prefix, out_path):
+    from transformers import LlamaForCausalLM
+
+    meta = json.load(open(prefix + ".json"))
+    vocab = meta["vocab"]
+    wick = np.fromfile(prefix + ".f32", dtype="<f4").reshape(-1, vocab)
+    results = {"wick_device": meta["device"], "wick_dtype": meta["dtype"],
+               "gpu": torch.cuda.get_device_name(0), "seqs": []}
+    refs = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=dtype).cuda().eval()
+        rows = []
+        for s in meta["seqs"]:
+            ids = s["prompt"] + s["generated"][:-1]
+            with torch.no_grad():
+                logits = model(torch.tensor([ids], device="cuda")).logits[0].float()
+            rows.append(logits[len(s["prompt"]) - 1:].cpu().numpy())
+        refs[str(dtype)] = rows
+        del model
+        torch.cuda.empty_cache()
+
+    def logprobs(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    at = 0
+    ok = True
+    for i, s in enumerate(meta["seqs"]):
+        n = len(s["generated"])
+        w = wick[at:at + n]
+        at += n
+        hf16, hf32 = refs[str(torch.bfloat16)][i], refs[str(torch.float32)][i]
+        lw, l16, l32 = logprobs(w), logprobs(hf16), logprobs(hf32)
+        gen = np.array(s["generated"])
+        row = {
+            "prompt_len": len(s["prompt"]), "decoded": n,
+            "argmax_agree_hf_f32": float((hf32.argmax(-1) == gen).mean()),
+            "argmax_agree_hf_bf16": float((hf16.argmax(-1) == gen).mean()),
+            "max_abs_logit_diff_vs_hf_f32": float(np.abs(w - hf32).max()),
+            "hf_bf16_max_abs_logit_diff_vs_hf_f32": float(np.abs(hf16 - hf32).max()),
+            "max_abs_logprob_diff_of_wick_token_vs_hf_f32":
+                float(np.abs(np.take_along_axis(lw - l32, gen[:, None], 1)).max()),
+            "hf_bf16_max_abs_logprob_diff_vs_hf_f32":
+                float(np.abs(np.take_along_axis(l16 - l32, gen[:, None], 1)).max()),
+            "logit_std": float(hf32.std()),
+        }
+        # wick should be about as close to the f32 reference as transformers in bf16 is.
+        bound = 2 * row["hf_bf16_max_abs_logit_diff_vs_hf_f32"] + 1e-2 * row["logit_std"] + 1e-3
+        row["pass"] = row["max_abs_logit_diff_vs_hf_f32"] <= bound and row["argmax_agree_hf_f32"] >= 0.75
+        ok &= row["pass"]
+        results["seqs"].append(row)
+    results["pass"] = bool(ok)
+    json.dump(results, open(out_path, "w"), indent=1)
+    print(json.dumps(results, indent=1))
+    sys.exit(0 if ok else 1)
+
+
+def bench(model_dir, prompt_len, decode):
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16).cuda().eval()
+    ids = torch.randint(3, 8000, (1, prompt_len), device="cuda")
+    with torch.no_grad():
+        model(ids[:, :16])
+        torch.cuda.synchronize()
+        t = time.time()
+        model(ids)
+        torch.cuda.synchronize()
+        prefill = time.time() - t
+        t = time.time()
+        model.generate(ids, max_new_tokens=decode, min_new_tokens=decode, do_sample=False)
+        torch.cuda.synchronize()
+        total = time.time() - t
+    print(f"transformers {torch.cuda.get_device_name(0)} prefill_tokens={prompt_len} "
+          f"prefill_tok_per_s={prompt_len / prefill:.1f} decode_tokens={decode} "
+          f"decode_tok_per_s(incl. prefill)={decode / total:.1f}")
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "make-model":
+        make_model(*args)
+    elif cmd == "compare":
+        compare(*args)
+    elif cmd == "bench":
+        bench(args[0], int(args[1]), int(args[2]))
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (NVIDIA driver with CUDA 13.0, python3 with PyTorch cu130 and
+# transformers; no Rust, no network) with only what scripts/gpu-build.sh built:
+#   1. nvidia-smi, and the cuBLAS/cudart/cuRAND .so.13 from PyTorch's nvidia/cu13/lib on
+#      LD_LIBRARY_PATH; the binary starts;
+#   2. the wick-kernels tests, CUDA kernels against their CPU reference (WICK_REQUIRE_GPU=1);
+#   3. a random-weight Llama-3.2-1B-shaped model, bf16 safetensors, made by transformers,
+#      with a byte-level BPE tokenizer trained on the spot;
+#   4. wick's logits (ragged batch, chunked prefill + decode; bf16 and f32) against
+#      transformers' on the same weights and GPU, teacher-forced on wick's greedy tokens;
+#   5. a short benchmark (prefill and single-stream decode, examples/forward_bench).
+# Writes logs and results under $OUT (default ./gpu-out), with summary.txt listing each
+# step as ok/FAILED; keeps going after a failed step. Exits non-zero if any step failed.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+OUT="${OUT:-$root/gpu-out}"
+mkdir -p "$OUT"
+work="${WICK_GPU_WORK:-/tmp/wick-gpu}"
+mkdir -p "$work"
+summary="$OUT/summary.txt"
+: >"$summary"
+failed=0
+
+# step NAME CMD...: runs CMD with output in $OUT/NAME.log, records ok/FAILED and time.
+step() {
+  local name=$1 t0=$SECONDS
+  shift
+  echo "== $name"
+  if "$@" >"$OUT/$name.log" 2>&1; then
+    echo "$name: ok ($((SECONDS - t0))s)" | tee -a "$summary"
+  else
+    echo "$name: FAILED rc=$? ($((SECONDS - t0))s), see $name.log" | tee -a "$summary"
+    tail -20 "$OUT/$name.log"
+    failed=1
+  fi
+}
+
+# The binaries, unpacked from the archive that travelled (or .device/bin as built).
+bin="$root/.device/bin"
+if [ -f "$root/.device/bin.tar.xz" ]; then
+  tar -C "$work" -xJf "$root/.device/bin.tar.xz" && bin="$work/bin"
+fi
+[ -x "$bin/logits_dump" ] || { echo "no binaries in $bin: run scripts/gpu-build.sh first" | tee -a "$summary"; exit 1; }
+
+# cuBLAS & co. come with PyTorch (nvidia/cu13/lib), or from wherever the system has them.
+libdir=$(python3 - <<'PY' 2>/dev/null
+import os
+try:
+    import nvidia
+    for base in nvidia.__path__:
+        d = os.path.join(base, "cu13", "lib")
+        if os.path.exists(os.path.join(d, "libcublas.so.13")):
+            print(d)
+            break
+except ImportError:
+    pass
+PY
+)
+[ -n "$libdir" ] || libdir=$(dirname "$(find / -name libcublas.so.13 -print -quit 2>/dev/null)" 2>/dev/null)
+export LD_LIBRARY_PATH="${libdir:+$libdir:}${LD_LIBRARY_PATH:-}"
+export RUST_LOG="${RUST_LOG:-info}"
+
+env_check() {
+  date -u +%FT%TZ
+  nvidia-smi
+  cat "$bin/MANIFEST"
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  ldd "$bin/wick" | grep -E 'cuda|cublas|curand|not found'
+  ! ldd "$bin/wick" | grep -q 'not found'
+  "$bin/wick" --help | head -5
+  python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name(0))'
+}
+step env env_check
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1
+
+kernel_tests() {
+  local t rc=0
+  for t in "$bin"/test-*; do
+    echo "-- $t"
+    WICK_REQUIRE_GPU=1 "$t" || rc=1
+  done
+  return $rc
+}
+step kernel-tests kernel_tests
+
+model="$work/llama-3.2-1b-random"
+step make-model python3 "$root/scripts/gpu-check.py" make-model "$model"
+
+# Prompts: a few tokens (decode only), one tile and a bit, several tiles, several 256-key
+# partitions; all in one ragged batch.
+python3 -c 'import json, random; r = random.Random(0); print(json.dumps([[r.randrange(3, 8000) for _ in range(n)] for n in (5, 77, 300, 1100)]))' >"$work/prompts.json"
+step logits-bf16 "$bin/logits_dump" "$model" "$work/prompts.json" "$work/wick-bf16" 16 256 bf16
+step compare-bf16 python3 "$root/scripts/gpu-check.py" compare "$model" "$work/wick-bf16" "$OUT/compare-bf16.json"
+step logits-f32 "$bin/logits_dump" "$model" "$work/prompts.json" "$work/wick-f32" 16 100 f32
+step compare-f32 python3 "$root/scripts/gpu-check.py" compare "$model" "$work/wick-f32" "$OUT/compare-f32.json"
+
+bench() {
+  nvidia-smi --query-gpu=name --format=csv,noheader
+  "$bin/forward_bench" "$model" 512 128 bf16
+  "$bin/forward_bench" "$model" 2048 256 bf16
+  python3 "$root/scripts/gpu-check.py" bench "$model" 512 128
+}
+step bench bench
+
+echo "results in $OUT"
+cat "$summary"
+exit $failed
