@@ -26,6 +26,7 @@ mod cpu_util;
 mod cuda;
 mod paged_attention;
 mod simd;
+mod work_list;
 
 pub use cache::reshape_and_cache;
 pub use paged_attention::{paged_attention, PagedAttentionMetadata};

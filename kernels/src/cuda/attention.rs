@@ -4,10 +4,11 @@
 //!
 //! Which kernel serves a sequence:
 //! - the tile kernel (tensor-core MMA, online softmax) for f16/bf16 with head_dim 64 or 128
-//!   and more than [`ROWS_MAX_Q`] queries (prefill, chunked prefill), when q and the caches
-//!   are 16-byte aligned;
-//! - the row kernel (split-K over [`PARTITION`]-key partitions, then a reduce) for every
-//!   other sequence: decode, short chunks, f32, other head sizes up to [`MAX_HEAD_DIM`].
+//!   and more than `work_list::ROWS_MAX_Q` queries (prefill, chunked prefill), when q and
+//!   the caches are 16-byte aligned;
+//! - the row kernel (split-K over `work_list::PARTITION`-key partitions, then a reduce) for
+//!   every other sequence: decode, short chunks, f32, other head sizes up to
+//!   [`MAX_HEAD_DIM`].
 //!
 //! Both write disjoint rows of one zeroed output, so padding rows stay zero, and each
 //! sequence's result depends only on that sequence (batch invariance).
@@ -15,6 +16,7 @@
 use super::{aligned16, as_u32, view, PAGED_ATTENTION_PTX};
 use crate::attention_cpu::Dims;
 use crate::paged_attention::PagedAttention;
+use crate::work_list::WorkList;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
@@ -24,18 +26,12 @@ use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, Tens
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// Keys per split of the row kernel (`PARTITION` in the .cu file).
-const PARTITION: usize = 256;
 /// Query heads of one kv head that one row-kernel block serves.
 const HEADS_PER_BLOCK: usize = 8;
 /// Largest head_dim the row kernel takes.
 const MAX_HEAD_DIM: usize = 256;
-/// Query rows per tile-kernel block.
-const TILE_Q: usize = 64;
 /// Threads per block of every attention kernel.
 const THREADS: u32 = 128;
-/// Sequences with at most this many queries use the row kernel even when tiles could serve.
-const ROWS_MAX_Q: usize = 8;
 /// Name under which the module is cached on each device.
 const MODULE: &str = "wick_paged_attention";
 
@@ -170,44 +166,28 @@ fn make_plan(
     let cu_seqlens_q = op.cu_seqlens_q.to_vec1::<u32>()?;
     let seq_lens = op.seq_lens.to_vec1::<u32>()?;
     let seqs = op.sequences(dims, &block_tables, &cu_seqlens_q, &seq_lens)?;
-    let (mut rows, mut tiles) = (Vec::new(), Vec::new());
-    let mut max_splits = 1;
-    for (s, seq) in seqs.iter().enumerate() {
-        let first_pos = seq.seq_len - seq.q_len;
-        if tiled && seq.q_len > ROWS_MAX_Q {
-            for row0 in (0..seq.q_len).step_by(TILE_Q) {
-                let n = TILE_Q.min(seq.q_len - row0);
-                tiles.extend([seq.q_start + row0, s, n, first_pos + row0]);
-            }
-        } else {
-            for j in 0..seq.q_len {
-                let pos = first_pos + j;
-                let start = op.params.first_key(pos);
-                rows.extend([seq.q_start + j, s, start, pos + 1]);
-                max_splits = max_splits.max((pos + 1 - start).div_ceil(PARTITION));
-            }
-        }
-    }
+    let list = WorkList::new(&seqs, &op.params, tiled);
+    let max_splits = list.max_splits;
     if max_splits > u16::MAX as usize {
         bail!(
             "paged_attention: a context of {} keys is too long for CUDA",
             op.max_seq_len
         );
     }
-    let upload = |items: Vec<usize>| -> Result<Option<CudaSlice<u32>>> {
+    let upload = |items: &[[usize; 4]]| -> Result<Option<CudaSlice<u32>>> {
         if items.is_empty() {
             return Ok(None);
         }
-        // Every value is below num_tokens, num_seqs or max_seq_len, checked to fit in u32.
-        let items: Vec<u32> = items.into_iter().map(|x| x as u32).collect();
+        // Every value is at most num_tokens, num_seqs or max_seq_len, checked to fit in u32.
+        let items: Vec<u32> = items.iter().flatten().map(|&x| x as u32).collect();
         Ok(Some(dev.clone_htod(&items)?))
     };
     Ok(Plan {
-        num_rows: as_u32(rows.len() / 4, "query rows")?,
-        num_tiles: as_u32(tiles.len() / 4, "query tiles")?,
+        num_rows: as_u32(list.rows.len(), "query rows")?,
+        num_tiles: as_u32(list.tiles.len(), "query tiles")?,
         max_splits: max_splits as u32,
-        rows: upload(rows)?,
-        tiles: upload(tiles)?,
+        rows: upload(&list.rows)?,
+        tiles: upload(&list.tiles)?,
     })
 }
 

@@ -1,0 +1,145 @@
+//! How the CUDA attention kernels split a checked batch into work items: plain host code,
+//! compiled on every build so its invariants are tested on machines without a GPU.
+//!
+//! Invariants ([`WorkList::new`]): every query row of every sequence is covered exactly
+//! once, by a row item or by one row of a tile item; a row item's key range is exactly the
+//! keys its query sees (causal, sliding window); tiles hold at most [`TILE_Q`] consecutive
+//! rows of one sequence; `max_splits` is the most [`PARTITION`]-key partitions any row
+//! item needs.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+use crate::attention_cpu::{Params, Seq};
+
+/// Keys per split of the row kernel (`PARTITION` in kernels/paged_attention.cu).
+pub(crate) const PARTITION: usize = 256;
+/// Query rows per tile-kernel block (`TILE_Q` in kernels/paged_attention.cu).
+pub(crate) const TILE_Q: usize = 64;
+/// Sequences with at most this many queries use the row kernel even when tiles could serve.
+pub(crate) const ROWS_MAX_Q: usize = 8;
+
+/// One step's work items, four values each (the kernels read them as `uint4`).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct WorkList {
+    /// `[token, seq, key_start, key_end]` per query row for the row kernel.
+    pub rows: Vec<[usize; 4]>,
+    /// `[q_row0, seq, rows, pos0]` per tile for the tile kernel.
+    pub tiles: Vec<[usize; 4]>,
+    /// Most partitions any row item needs (at least 1).
+    pub max_splits: usize,
+}
+
+impl WorkList {
+    /// Splits `seqs` (checked by `PagedAttention::sequences`): with `tiled`, sequences of
+    /// more than [`ROWS_MAX_Q`] queries go to tiles, everything else to rows.
+    pub(crate) fn new(seqs: &[Seq<'_>], params: &Params, tiled: bool) -> Self {
+        let mut list = WorkList {
+            max_splits: 1,
+            ..Default::default()
+        };
+        for (s, seq) in seqs.iter().enumerate() {
+            let first_pos = seq.seq_len - seq.q_len;
+            if tiled && seq.q_len > ROWS_MAX_Q {
+                for row0 in (0..seq.q_len).step_by(TILE_Q) {
+                    let n = TILE_Q.min(seq.q_len - row0);
+                    list.tiles
+                        .push([seq.q_start + row0, s, n, first_pos + row0]);
+                }
+            } else {
+                for j in 0..seq.q_len {
+                    let pos = first_pos + j;
+                    let start = params.first_key(pos);
+                    list.rows.push([seq.q_start + j, s, start, pos + 1]);
+                    let splits = (pos + 1 - start).div_ceil(PARTITION);
+                    list.max_splits = list.max_splits.max(splits);
+                }
+            }
+        }
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs(specs: &[(usize, usize)]) -> Vec<Seq<'static>> {
+        let mut q_start = 0;
+        specs
+            .iter()
+            .map(|&(seq_len, q_len)| {
+                let s = Seq {
+                    q_start,
+                    q_len,
+                    seq_len,
+                    blocks: &[],
+                };
+                q_start += q_len;
+                s
+            })
+            .collect()
+    }
+
+    /// Each query row once, with the keys it sees.
+    fn check(specs: &[(usize, usize)], window: Option<usize>, tiled: bool) -> WorkList {
+        let seqs = seqs(specs);
+        let params = Params {
+            softmax_scale: 1.0,
+            sliding_window: window,
+        };
+        let list = WorkList::new(&seqs, &params, tiled);
+        let num_tokens: usize = specs.iter().map(|s| s.1).sum();
+        let mut seen = vec![0; num_tokens];
+        let mut most = 1;
+        for &[token, s, start, end] in &list.rows {
+            seen[token] += 1;
+            let seq = &seqs[s];
+            let pos = seq.seq_len - seq.q_len + token - seq.q_start;
+            assert_eq!((start, end), (params.first_key(pos), pos + 1));
+            most = most.max((end - start).div_ceil(PARTITION));
+        }
+        for &[row0, s, n, pos0] in &list.tiles {
+            let seq = &seqs[s];
+            assert!((1..=TILE_Q).contains(&n) && seq.q_len > ROWS_MAX_Q);
+            assert!(row0 >= seq.q_start && row0 + n <= seq.q_start + seq.q_len);
+            assert_eq!(pos0, seq.seq_len - seq.q_len + row0 - seq.q_start);
+            for count in &mut seen[row0..row0 + n] {
+                *count += 1;
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1), "{seen:?}");
+        assert_eq!(list.max_splits, most);
+        list
+    }
+
+    #[test]
+    fn every_row_once_with_its_keys() {
+        let mixed = [
+            (1, 1),
+            (37, 1),
+            (23, 23),
+            (48, 13),
+            (41, 9),
+            (20, 0),
+            (1100, 1),
+        ];
+        for window in [None, Some(1), Some(16), Some(300)] {
+            for tiled in [false, true] {
+                check(&mixed, window, tiled);
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_and_splits() {
+        let list = check(&[(150, 150), (1100, 1), (600, 8)], None, true);
+        // 150 rows: tiles of 64, 64 and 22; 8 queries stay rows.
+        let sizes: Vec<usize> = list.tiles.iter().map(|t| t[2]).collect();
+        assert_eq!(sizes, [64, 64, 22]);
+        assert_eq!(list.rows.len(), 9);
+        assert_eq!(list.max_splits, 1100usize.div_ceil(PARTITION));
+        // A window bounds the partitions a row needs.
+        assert_eq!(check(&[(5000, 1)], Some(300), false).max_splits, 2);
+        // Untiled, every row is a row item.
+        assert!(check(&[(150, 150)], None, false).tiles.is_empty());
+    }
+}
