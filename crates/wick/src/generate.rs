@@ -1,10 +1,14 @@
-//! `wick generate`: load a model, run one prompt greedily, print the text.
+//! `wick generate`: load a model, run one prompt greedily through the engine (the same
+//! path `wick serve` uses), print the text.
 
 use anyhow::{Context, Result};
 use clap::Args;
+use wick_core::{SamplingParams, TokenEvent};
+use wick_engine::{EngineConfig, EngineHandle, EngineRequest};
 use wick_models::device::{device_name, parse_dtype, select_device};
-use wick_models::{KvCache, LoadOptions, DEFAULT_BLOCK_SIZE};
-use wick_server::chat_template::{ChatMessage, ChatTemplate, RenderOptions};
+use wick_models::LoadOptions;
+use wick_server::chat_template::ChatMessage;
+use wick_server::prompt::PromptBuilder;
 
 /// Arguments of `wick generate`.
 #[derive(Args, Debug)]
@@ -27,7 +31,7 @@ pub struct GenerateArgs {
     /// cpu, cuda or cuda:N (default: first GPU if built with CUDA, else CPU).
     #[arg(long)]
     device: Option<String>,
-    /// Prefill chunk size in tokens.
+    /// Prefill chunk size in tokens (the engine's token budget per step).
     #[arg(long, default_value_t = 512)]
     chunk: usize,
 }
@@ -43,71 +47,59 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             device,
         },
     )?;
-    let text = if args.chat {
-        let template = loaded
-            .chat_template
-            .as_deref()
-            .context("--chat: the model has no chat template")?;
-        let template = ChatTemplate::new(template)?;
-        let messages = [ChatMessage::new("user", &args.prompt)];
-        template.render(
-            &messages,
-            &RenderOptions {
-                add_generation_prompt: true,
-                bos_token: loaded.special.bos.as_ref().map(|b| b.1.clone()),
-                eos_token: loaded.special.eos.as_ref().map(|e| e.1.clone()),
-                ..Default::default()
-            },
+    let prompt = PromptBuilder::new(
+        loaded.tokenizer,
+        loaded.chat_template.as_deref(),
+        loaded.special.clone(),
+    )?;
+    let ids = if args.chat {
+        anyhow::ensure!(
+            prompt.has_chat_template(),
+            "--chat: the model has no chat template"
+        );
+        prompt.encode_chat(
+            &[ChatMessage::new("user", &args.prompt)],
+            Default::default(),
         )?
     } else {
-        args.prompt.clone()
+        prompt.encode(&args.prompt, true)?
     };
-    let mut ids = loaded
-        .tokenizer
-        .encode(text.as_str(), false)
-        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
-        .get_ids()
-        .to_vec();
-    if loaded.special.add_bos && !args.chat {
-        if let Some((bos, _)) = &loaded.special.bos {
-            ids.insert(0, *bos);
+    // A cache just large enough for this one request.
+    let block_bytes = wick_models::KvCache::bytes_per_block(
+        loaded.model.config(),
+        wick_models::DEFAULT_BLOCK_SIZE,
+        loaded.model.dtype(),
+    );
+    let blocks = (ids.len() + args.max_tokens).div_ceil(wick_models::DEFAULT_BLOCK_SIZE) + 1;
+    let engine = EngineHandle::start(
+        loaded.model,
+        loaded.special.eos_token_ids.clone(),
+        EngineConfig {
+            max_num_seqs: 1,
+            max_num_batched_tokens: args.chunk.max(1),
+            kv_cache_memory: Some((blocks * block_bytes) as u64),
+            ..EngineConfig::default()
+        },
+    )?;
+    let mut stream = engine.submit(EngineRequest {
+        prompt_token_ids: ids,
+        params: SamplingParams::greedy(args.max_tokens),
+    })?;
+    let mut out = vec![];
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            TokenEvent::Token { id, .. } => out.push(id),
+            TokenEvent::Finished(m) => tracing::info!(
+                prompt_tokens = m.prompt_tokens,
+                generated = m.generation_tokens,
+                ttft_s = m.ttft_s,
+                total_s = m.e2e_s,
+                "done"
+            ),
+            TokenEvent::Error(e) => return Err(e).context("generation failed"),
         }
     }
-    let model = &loaded.model;
-    let cfg = model.config();
-    let total = ids.len() + args.max_tokens;
-    anyhow::ensure!(
-        total <= cfg.max_position_embeddings,
-        "prompt ({} tokens) + max_tokens ({}) exceeds the model's context of {}",
-        ids.len(),
-        args.max_tokens,
-        cfg.max_position_embeddings
-    );
-    let blocks = total.div_ceil(DEFAULT_BLOCK_SIZE);
-    let mut cache = KvCache::new(
-        cfg,
-        DEFAULT_BLOCK_SIZE,
-        blocks,
-        model.dtype(),
-        model.device(),
-    )?;
-    let out = wick_models::greedy::generate(
-        model,
-        &mut cache,
-        &ids,
-        args.max_tokens,
-        &loaded.special.eos_token_ids,
-        args.chunk,
-    )?;
-    let out_ids: Vec<u32> = out
-        .iter()
-        .map(|t| t.id)
-        .filter(|id| !loaded.special.eos_token_ids.contains(id))
-        .collect();
-    let text = loaded
-        .tokenizer
-        .decode(&out_ids, true)
-        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-    println!("{text}");
+    engine.shutdown();
+    println!("{}", prompt.decode(&out, true)?);
     Ok(())
 }

@@ -1,0 +1,229 @@
+//! POST /v1/chat/completions and /v1/completions: parse, validate, render and tokenize
+//! (off the async runtime), submit one engine request per prompt, answer whole or as SSE.
+
+use super::OpenAiJson;
+use crate::error::ApiError;
+use crate::generation::PromptRun;
+use crate::protocol::{
+    flatten_messages, ChatCompletionRequest, CompletionRequest, PromptField, SamplingFields,
+};
+use crate::response::{Endpoint, Responder};
+use crate::state::{AppState, Serving};
+use axum::extract::State;
+use axum::response::Response;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use wick_core::WickError;
+
+/// OpenAI's default for completions.
+const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
+
+/// A fresh random response id with `prefix`.
+fn response_id(prefix: &str) -> String {
+    let state = std::collections::hash_map::RandomState::new();
+    let (mut a, mut b) = (state.build_hasher(), state.build_hasher());
+    a.write_u8(1);
+    b.write_u8(2);
+    format!("{prefix}-{:016x}{:016x}", a.finish(), b.finish())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs CPU-heavy prompt work (templates, tokenization) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WickError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::from(WickError::internal(format!("tokenization task: {e}"))))?
+        .map_err(ApiError::from)
+}
+
+/// The most tokens a prompt of `prompt_len` may still generate.
+fn remaining_context(serving: &Serving, prompt_len: usize) -> Result<usize, ApiError> {
+    let info = serving.engine.info();
+    let limit = info.max_model_len.min(info.num_blocks * info.block_size);
+    match limit.checked_sub(prompt_len) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(WickError::new(
+            wick_core::ErrorKind::TooLong,
+            format!("this model's maximum context length is {limit} tokens; the prompt has {prompt_len} tokens"),
+        )
+        .into()),
+    }
+}
+
+/// Submits every prompt; any refusal drops (aborts) the ones already submitted.
+#[allow(clippy::too_many_arguments)]
+fn submit_all(
+    serving: &Arc<Serving>,
+    id: &str,
+    prompts: Vec<Vec<u32>>,
+    fields: &SamplingFields,
+    default_max_tokens: Option<usize>,
+    logprobs: bool,
+    top_logprobs: i64,
+    stops: &[String],
+) -> Result<(Vec<PromptRun>, usize), ApiError> {
+    let mut runs = Vec::with_capacity(prompts.len());
+    let mut num_choices = 0;
+    for prompt in prompts {
+        let default = match default_max_tokens {
+            Some(n) => n,
+            None => remaining_context(serving, prompt.len())?,
+        };
+        let params = fields.to_params(default, logprobs, top_logprobs, &serving.defaults)?;
+        let n = params.n;
+        runs.push(PromptRun::submit(
+            serving.clone(),
+            id,
+            prompt,
+            params,
+            stops,
+            num_choices,
+        )?);
+        num_choices += n;
+    }
+    Ok((runs, num_choices))
+}
+
+/// POST /v1/chat/completions.
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.sampling.model.as_deref())?;
+    let serving = state.serving()?;
+    let in_flight = state.track();
+    let stops = req.sampling.stop_strings()?;
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = req.top_logprobs.unwrap_or(0);
+    if top_logprobs > 0 && !logprobs {
+        return Err(ApiError::invalid_param(
+            "top_logprobs",
+            "needs `logprobs: true`",
+        ));
+    }
+    let messages = flatten_messages(&req.messages)?;
+    let extra = req.chat_template_kwargs.clone().unwrap_or_default();
+    let s = serving.clone();
+    let prompt = blocking(move || s.prompt.encode_chat(&messages, extra)).await?;
+    let id = response_id("chatcmpl");
+    let (runs, num_choices) = submit_all(
+        &serving,
+        &id,
+        vec![prompt],
+        &req.sampling,
+        None,
+        logprobs,
+        top_logprobs,
+        &stops,
+    )?;
+    let responder = Responder {
+        endpoint: Endpoint::Chat,
+        id,
+        created: unix_now(),
+        model: state.model_name().to_string(),
+        serving,
+        logprobs,
+        top_logprobs: top_logprobs.max(0) as usize,
+        echo: vec![],
+        num_choices,
+    };
+    if req.sampling.stream() {
+        Ok(responder.stream(runs, req.sampling.include_usage(), in_flight))
+    } else {
+        responder.collect(runs).await
+    }
+}
+
+/// POST /v1/completions.
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    OpenAiJson(req): OpenAiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.sampling.model.as_deref())?;
+    let serving = state.serving()?;
+    let in_flight = state.track();
+    let stops = req.sampling.stop_strings()?;
+    let echo = req.echo.unwrap_or(false);
+    let top_logprobs = req.logprobs.unwrap_or(0);
+    let logprobs = req.logprobs.is_some();
+    if echo && logprobs {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "echo with logprobs (prompt logprobs) is not supported",
+        ));
+    }
+    let s = serving.clone();
+    let prompt = req.prompt.clone();
+    let prompts: Vec<(Vec<u32>, String)> = blocking(move || {
+        let p = &s.prompt;
+        let with_text = |ids: Vec<u32>| -> Result<(Vec<u32>, String), WickError> {
+            let text = if echo {
+                p.decode(&ids, false)?
+            } else {
+                String::new()
+            };
+            Ok((ids, text))
+        };
+        match prompt {
+            PromptField::Text(t) => Ok(vec![(p.encode(&t, true)?, t)]),
+            PromptField::Texts(ts) => ts
+                .into_iter()
+                .map(|t| Ok((p.encode(&t, true)?, t)))
+                .collect(),
+            PromptField::Ids(ids) => Ok(vec![with_text(ids)?]),
+            PromptField::IdLists(lists) => lists.into_iter().map(with_text).collect(),
+        }
+    })
+    .await?;
+    if prompts.is_empty() {
+        return Err(ApiError::invalid_param("prompt", "no prompt given"));
+    }
+    if prompts.iter().any(|(ids, _)| ids.is_empty()) {
+        return Err(ApiError::invalid_param("prompt", "a prompt is empty"));
+    }
+    let id = response_id("cmpl");
+    let (ids, texts): (Vec<Vec<u32>>, Vec<String>) = prompts.into_iter().unzip();
+    let (runs, num_choices) = submit_all(
+        &serving,
+        &id,
+        ids,
+        &req.sampling,
+        Some(DEFAULT_COMPLETION_MAX_TOKENS),
+        logprobs,
+        top_logprobs,
+        &stops,
+    )?;
+    let per_prompt = num_choices / texts.len().max(1);
+    let echo_texts: Vec<String> = if echo {
+        texts
+            .iter()
+            .flat_map(|t| std::iter::repeat_n(t.clone(), per_prompt))
+            .collect()
+    } else {
+        vec![]
+    };
+    let responder = Responder {
+        endpoint: Endpoint::Completion,
+        id,
+        created: unix_now(),
+        model: state.model_name().to_string(),
+        serving,
+        logprobs,
+        top_logprobs: top_logprobs.max(0) as usize,
+        echo: echo_texts,
+        num_choices,
+    };
+    if req.sampling.stream() {
+        Ok(responder.stream(runs, req.sampling.include_usage(), in_flight))
+    } else {
+        responder.collect(runs).await
+    }
+}

@@ -1,0 +1,138 @@
+//! What the handlers share: the server's fixed settings, the model once it has loaded
+//! ([`Serving`]), the draining flag, and the count of generation requests in flight.
+//!
+//! Lifecycle: `loading` (health 503, generation 503) -> `serving` -> `draining` after
+//! SIGTERM (health 503, new requests 503, in-flight ones finish).
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::prompt::PromptBuilder;
+use crate::protocol::ModelDefaults;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use wick_engine::EngineHandle;
+
+/// The loaded model and its engine.
+pub struct Serving {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// Tokenizer, chat template, special tokens.
+    pub prompt: PromptBuilder,
+    /// Sampling defaults from the model's generation_config.json.
+    pub defaults: ModelDefaults,
+    /// Shared with [`AppState`].
+    pub metrics: Arc<Metrics>,
+    /// Unix time the model was loaded (`created` in /v1/models).
+    pub created: u64,
+    /// `system_fingerprint` of responses: wick's version and the model's dtype/device.
+    pub fingerprint: String,
+}
+
+/// State shared by every handler.
+pub struct AppState {
+    /// Names clients may use in `model` (the first is reported).
+    pub served_model_names: Vec<String>,
+    /// Accepted API keys; empty: no authentication.
+    pub api_keys: Vec<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    serving: OnceLock<Arc<Serving>>,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl AppState {
+    /// A server still loading its model.
+    pub fn new(
+        served_model_names: Vec<String>,
+        api_keys: Vec<String>,
+        max_body_bytes: usize,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new(
+            served_model_names
+                .first()
+                .map(String::as_str)
+                .unwrap_or("model"),
+        ));
+        Self {
+            served_model_names,
+            api_keys,
+            max_body_bytes,
+            metrics,
+            serving: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// The model has loaded: start serving.
+    pub fn set_serving(&self, serving: Arc<Serving>) {
+        let _ = self.serving.set(serving);
+    }
+
+    /// The model, if loaded (also while draining).
+    pub fn loaded(&self) -> Option<&Arc<Serving>> {
+        self.serving.get()
+    }
+
+    /// The model for a new request: 503 while loading or draining.
+    pub fn serving(&self) -> Result<Arc<Serving>, ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        self.serving
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::unavailable("the model is still loading"))
+    }
+
+    /// Stop taking new requests.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Generation requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts a generation request until the guard drops.
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// 404 unless `model` (when given) is one of the served names.
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            Some(m) if !self.served_model_names.iter().any(|n| n == m) => {
+                Err(ApiError::model_not_found(m))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The name responses report.
+    pub fn model_name(&self) -> &str {
+        self.served_model_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("model")
+    }
+}
+
+/// A generation request in flight; see [`AppState::track`].
+pub struct InFlight(Arc<AppState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

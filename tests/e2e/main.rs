@@ -1,0 +1,13 @@
+//! End-to-end tests: a real `wick serve` process on loopback with SmolLM2, driven by
+//! real clients (reqwest; the official `openai` Python package). Compiled as the `wick`
+//! package's integration test so that the binary is built first
+//! (`CARGO_BIN_EXE_wick`).
+//!
+//! Needs the model (scripts/fetch-test-model.sh) and, for the Python client, the venv
+//! (scripts/python-venv.sh); both are set up by scripts/test.sh.
+
+mod api;
+mod errors;
+mod lifecycle;
+mod python_client;
+mod support;

@@ -1,0 +1,234 @@
+//! A real `wick serve` process on loopback with SmolLM2, and small HTTP helpers.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running server; killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `wick serve` on SmolLM2 with `extra` flags and waits until /health is 200.
+    pub async fn start(extra: &[&str]) -> Server {
+        let gguf = wick_test_support::smollm2_gguf();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+            .args(["serve", "--model"])
+            .arg(&gguf)
+            .args(["--served-model-name", "smollm2", "--port", "0"])
+            .args(["--kv-cache-memory", "256MiB"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("WICK_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wick serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split("address=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                {
+                    let _ = tx.send(addr.trim_matches('"').to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("server never listened: {:?}", logs.lock().unwrap()));
+        let server = Server {
+            child,
+            base: format!("http://{addr}"),
+            logs,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Ok(r) = server.client.get(server.url("/health")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+                assert_eq!(r.status(), 503, "health while loading");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server never became healthy: {:?}",
+                server.logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit code once the process has ended.
+    pub fn try_wait(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    /// POSTs `body`; returns status and JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text}: {e}"));
+        (status, v)
+    }
+
+    /// POSTs a streaming request; returns every `data:` payload (the last is `[DONE]`).
+    pub async fn stream(&self, path: &str, body: &Value) -> Vec<String> {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        let text = r.text().await.unwrap();
+        sse_payloads(&text)
+    }
+
+    /// GET /metrics as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// A metric's value (first sample of that name).
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.metrics().await, name)
+    }
+
+    /// Waits (bounded) until the engine has no request and no block in use.
+    pub async fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = self.metrics().await;
+            if metric_value(&m, "wick:kv_cache_used_blocks") == 0.0
+                && metric_value(&m, "wick:num_requests_running") == 0.0
+                && metric_value(&m, "wick:num_requests_waiting") == 0.0
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never idle:\n{m}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Text of token ids, through /detokenize.
+    pub async fn detokenize(&self, ids: &[u32]) -> String {
+        let (s, v) = self.post("/detokenize", &json!({ "tokens": ids })).await;
+        assert_eq!(s, 200, "{v}");
+        v["prompt"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_payloads(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// Parses the chunks of a stream (all but `[DONE]`, which must be last).
+pub fn chunks(payloads: &[String]) -> Vec<Value> {
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{payloads:?}"
+    );
+    payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap_or_else(|e| panic!("{p}: {e}")))
+        .collect()
+}
+
+/// Concatenated text of choice `index` over chunks (chat `delta.content` or `text`).
+pub fn streamed_text(chunks: &[Value], index: u64) -> String {
+    let mut out = String::new();
+    for c in chunks {
+        for ch in c["choices"].as_array().unwrap() {
+            if ch["index"] == index {
+                if let Some(t) = ch["delta"]["content"].as_str().or(ch["text"].as_str()) {
+                    out.push_str(t);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+}
+
+/// Asserts an OpenAI error body with `status`.
+pub fn assert_error(status: u16, body: &Value, want: u16) {
+    assert_eq!(status, want, "{body}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+}
