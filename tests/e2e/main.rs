@@ -7,6 +7,7 @@
 //! (scripts/python-venv.sh); both are set up by scripts/test.sh.
 
 mod api;
+mod bench;
 mod errors;
 mod lifecycle;
 mod python_client;
