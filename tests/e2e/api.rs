@@ -325,24 +325,14 @@ async fn tokenize_models_health_metrics(server: &Server) {
         raw.prompt.unwrap()
     );
 
-    let r = server
-        .client
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("/v1/models").await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], "smollm2");
     assert_eq!(v["data"][0]["object"], "model");
 
-    let r = server
-        .client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("/health").await;
     assert_eq!(r.status(), 200);
 
     let m = server.metrics().await;

@@ -91,20 +91,10 @@ async fn invalid_requests_get_openai_errors() {
     }
 
     // Unknown route and wrong method.
-    let r = server
-        .client
-        .get(server.url("/v1/nothing"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("/v1/nothing").await;
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 404);
-    let r = server
-        .client
-        .get(server.url("/v1/chat/completions"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("/v1/chat/completions").await;
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 405);
 
@@ -174,15 +164,10 @@ async fn api_keys_are_required_except_for_health_and_metrics() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let r = server
-        .client
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("/v1/models").await;
     assert_eq!(r.status(), 401);
     for open in ["/health", "/metrics"] {
-        let r = server.client.get(server.url(open)).send().await.unwrap();
+        let r = server.get(open).await;
         assert_eq!(r.status(), 200, "{open}");
     }
 }

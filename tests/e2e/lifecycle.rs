@@ -106,12 +106,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     // While draining: health and new requests get 503 (the listener stays open).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = server
-            .client
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap();
+        let r = server.get("/health").await;
         if r.status() == 503 {
             break;
         }

@@ -89,6 +89,11 @@ impl Server {
         self.child.try_wait().ok().flatten().map(|s| s.code())
     }
 
+    /// GETs `path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// POSTs `body`; returns status and JSON.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self

@@ -8,7 +8,7 @@ use crate::protocol::{
     flatten_messages, ChatCompletionRequest, CompletionRequest, PromptField, SamplingFields,
 };
 use crate::response::{Endpoint, Responder};
-use crate::state::{AppState, Serving};
+use crate::state::{AppState, InFlight, Serving};
 use axum::extract::State;
 use axum::response::Response;
 use std::hash::{BuildHasher, Hasher};
@@ -58,38 +58,72 @@ fn remaining_context(serving: &Serving, prompt_len: usize) -> Result<usize, ApiE
     }
 }
 
-/// Submits every prompt; any refusal drops (aborts) the ones already submitted.
-#[allow(clippy::too_many_arguments)]
-fn submit_all(
-    serving: &Arc<Serving>,
-    id: &str,
+/// A parsed request of either endpoint, ready to submit.
+struct Prepared {
+    endpoint: Endpoint,
+    /// Token ids of each prompt.
     prompts: Vec<Vec<u32>>,
-    fields: &SamplingFields,
+    /// Text put before each prompt's completions (`echo`); empty: none.
+    echo: Vec<String>,
+    /// `None`: the rest of the context.
     default_max_tokens: Option<usize>,
     logprobs: bool,
     top_logprobs: i64,
-    stops: &[String],
-) -> Result<(Vec<PromptRun>, usize), ApiError> {
-    let mut runs = Vec::with_capacity(prompts.len());
+}
+
+/// Submits every prompt (any refusal drops, and so aborts, those already submitted) and
+/// answers whole or streamed.
+async fn respond(
+    state: &AppState,
+    serving: Arc<Serving>,
+    in_flight: InFlight,
+    fields: &SamplingFields,
+    p: Prepared,
+) -> Result<Response, ApiError> {
+    let stops = fields.stop_strings()?;
+    let id = response_id(match p.endpoint {
+        Endpoint::Chat => "chatcmpl",
+        Endpoint::Completion => "cmpl",
+    });
+    let mut runs = Vec::with_capacity(p.prompts.len());
+    let mut echo = vec![];
     let mut num_choices = 0;
-    for prompt in prompts {
-        let default = match default_max_tokens {
+    for (i, prompt) in p.prompts.into_iter().enumerate() {
+        let default = match p.default_max_tokens {
             Some(n) => n,
-            None => remaining_context(serving, prompt.len())?,
+            None => remaining_context(&serving, prompt.len())?,
         };
-        let params = fields.to_params(default, logprobs, top_logprobs, &serving.defaults)?;
+        let params = fields.to_params(default, p.logprobs, p.top_logprobs, &serving.defaults)?;
         let n = params.n;
+        if let Some(text) = p.echo.get(i) {
+            echo.extend(std::iter::repeat_n(text.clone(), n));
+        }
         runs.push(PromptRun::submit(
             serving.clone(),
-            id,
+            &id,
             prompt,
             params,
-            stops,
+            &stops,
             num_choices,
         )?);
         num_choices += n;
     }
-    Ok((runs, num_choices))
+    let responder = Responder {
+        endpoint: p.endpoint,
+        id,
+        created: unix_now(),
+        model: state.model_name().to_string(),
+        serving,
+        logprobs: p.logprobs,
+        top_logprobs: p.top_logprobs.max(0) as usize,
+        echo,
+        num_choices,
+    };
+    if fields.stream() {
+        Ok(responder.stream(runs, fields.include_usage(), in_flight))
+    } else {
+        responder.collect(runs).await
+    }
 }
 
 /// POST /v1/chat/completions.
@@ -100,7 +134,6 @@ pub async fn chat_completions(
     state.check_model(req.sampling.model.as_deref())?;
     let serving = state.serving()?;
     let in_flight = state.track();
-    let stops = req.sampling.stop_strings()?;
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = req.top_logprobs.unwrap_or(0);
     if top_logprobs > 0 && !logprobs {
@@ -113,33 +146,15 @@ pub async fn chat_completions(
     let extra = req.chat_template_kwargs.clone().unwrap_or_default();
     let s = serving.clone();
     let prompt = blocking(move || s.prompt.encode_chat(&messages, extra)).await?;
-    let id = response_id("chatcmpl");
-    let (runs, num_choices) = submit_all(
-        &serving,
-        &id,
-        vec![prompt],
-        &req.sampling,
-        None,
+    let prepared = Prepared {
+        endpoint: Endpoint::Chat,
+        prompts: vec![prompt],
+        echo: vec![],
+        default_max_tokens: None,
         logprobs,
         top_logprobs,
-        &stops,
-    )?;
-    let responder = Responder {
-        endpoint: Endpoint::Chat,
-        id,
-        created: unix_now(),
-        model: state.model_name().to_string(),
-        serving,
-        logprobs,
-        top_logprobs: top_logprobs.max(0) as usize,
-        echo: vec![],
-        num_choices,
     };
-    if req.sampling.stream() {
-        Ok(responder.stream(runs, req.sampling.include_usage(), in_flight))
-    } else {
-        responder.collect(runs).await
-    }
+    respond(&state, serving, in_flight, &req.sampling, prepared).await
 }
 
 /// POST /v1/completions.
@@ -150,7 +165,6 @@ pub async fn completions(
     state.check_model(req.sampling.model.as_deref())?;
     let serving = state.serving()?;
     let in_flight = state.track();
-    let stops = req.sampling.stop_strings()?;
     let echo = req.echo.unwrap_or(false);
     let top_logprobs = req.logprobs.unwrap_or(0);
     let logprobs = req.logprobs.is_some();
@@ -189,41 +203,14 @@ pub async fn completions(
     if prompts.iter().any(|(ids, _)| ids.is_empty()) {
         return Err(ApiError::invalid_param("prompt", "a prompt is empty"));
     }
-    let id = response_id("cmpl");
     let (ids, texts): (Vec<Vec<u32>>, Vec<String>) = prompts.into_iter().unzip();
-    let (runs, num_choices) = submit_all(
-        &serving,
-        &id,
-        ids,
-        &req.sampling,
-        Some(DEFAULT_COMPLETION_MAX_TOKENS),
+    let prepared = Prepared {
+        endpoint: Endpoint::Completion,
+        prompts: ids,
+        echo: if echo { texts } else { vec![] },
+        default_max_tokens: Some(DEFAULT_COMPLETION_MAX_TOKENS),
         logprobs,
         top_logprobs,
-        &stops,
-    )?;
-    let per_prompt = num_choices / texts.len().max(1);
-    let echo_texts: Vec<String> = if echo {
-        texts
-            .iter()
-            .flat_map(|t| std::iter::repeat_n(t.clone(), per_prompt))
-            .collect()
-    } else {
-        vec![]
     };
-    let responder = Responder {
-        endpoint: Endpoint::Completion,
-        id,
-        created: unix_now(),
-        model: state.model_name().to_string(),
-        serving,
-        logprobs,
-        top_logprobs: top_logprobs.max(0) as usize,
-        echo: echo_texts,
-        num_choices,
-    };
-    if req.sampling.stream() {
-        Ok(responder.stream(runs, req.sampling.include_usage(), in_flight))
-    } else {
-        responder.collect(runs).await
-    }
+    respond(&state, serving, in_flight, &req.sampling, prepared).await
 }
