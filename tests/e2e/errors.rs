@@ -135,8 +135,25 @@ async fn invalid_requests_get_openai_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_keys_are_required_except_for_health_and_metrics() {
-    let server = Server::start(&["--api-key", "sk-one", "--api-key", "sk-two"]).await;
+async fn api_keys_are_required_and_flags_come_from_a_config_file() {
+    // Keys (and a chat template override) given through --config.
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.jinja");
+    std::fs::write(
+        &template,
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}",
+    )
+    .unwrap();
+    let config = dir.path().join("wick.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "api-key = [\"sk-one\", \"sk-two\"]\nchat_template = {:?}\n",
+            template.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]).await;
     let body = json!({"prompt": "Hello", "max_tokens": 2});
     let url = server.url("/v1/completions");
     for auth in [
@@ -170,6 +187,30 @@ async fn api_keys_are_required_except_for_health_and_metrics() {
         let r = server.get(open).await;
         assert_eq!(r.status(), 200, "{open}");
     }
+    // The --chat-template file replaced the model's template.
+    let r = server
+        .client
+        .post(server.url("/tokenize"))
+        .bearer_auth("sk-two")
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<u32> =
+        serde_json::from_value(r.json::<serde_json::Value>().await.unwrap()["tokens"].clone())
+            .unwrap();
+    let r = server
+        .client
+        .post(server.url("/detokenize"))
+        .bearer_auth("sk-two")
+        .json(&json!({ "tokens": ids }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["prompt"],
+        "[user] hi\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
