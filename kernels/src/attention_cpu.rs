@@ -37,6 +37,26 @@ pub(crate) struct Dims {
     pub block_size: usize,
 }
 
+impl Dims {
+    /// From the layouts of q `[num_tokens, num_heads, head_dim]` and the key cache
+    /// `[num_blocks, block_size, num_kv_heads, head_dim]`.
+    pub fn from_layouts(
+        q: &candle_core::Layout,
+        key_cache: &candle_core::Layout,
+    ) -> candle_core::Result<Self> {
+        let (num_tokens, num_heads, head_dim) = q.shape().dims3()?;
+        let (num_blocks, block_size, num_kv_heads, _) = key_cache.shape().dims4()?;
+        Ok(Self {
+            num_tokens,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            num_blocks,
+            block_size,
+        })
+    }
+}
+
 /// Scalars of the op.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Params {

@@ -272,16 +272,7 @@ impl CustomOp3 for PagedAttention {
         v: &CpuStorage,
         v_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (num_tokens, num_heads, head_dim) = q_l.shape().dims3()?;
-        let (num_blocks, block_size, num_kv_heads, _) = k_l.shape().dims4()?;
-        let dims = Dims {
-            num_tokens,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            num_blocks,
-            block_size,
-        };
+        let dims = Dims::from_layouts(q_l, k_l)?;
         let (bt_storage, bt_l) = self.block_tables.storage_and_layout();
         let (cu_storage, cu_l) = self.cu_seqlens_q.storage_and_layout();
         let (sl_storage, sl_l) = self.seq_lens.storage_and_layout();

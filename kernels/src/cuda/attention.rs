@@ -87,23 +87,17 @@ pub(crate) fn forward(
     k: (&CudaStorage, &Layout),
     v: (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    let (num_tokens, num_heads, head_dim) = q.1.shape().dims3()?;
-    let (num_blocks, block_size, num_kv_heads, _) = k.1.shape().dims4()?;
-    let dims = Dims {
-        num_tokens,
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        num_blocks,
-        block_size,
-    };
-    if head_dim > MAX_HEAD_DIM {
-        bail!("paged_attention: head_dim {head_dim} > {MAX_HEAD_DIM} is not supported on CUDA");
+    let dims = Dims::from_layouts(q.1, k.1)?;
+    if dims.head_dim > MAX_HEAD_DIM {
+        bail!(
+            "paged_attention: head_dim {} > {MAX_HEAD_DIM} is not supported on CUDA",
+            dims.head_dim
+        );
     }
     let dtype = q.0.dtype();
     let size = dtype.size_in_bytes();
     let tiled = dtype != DType::F32
-        && matches!(head_dim, 64 | 128)
+        && matches!(dims.head_dim, 64 | 128)
         && [q.1, k.1, v.1].into_iter().all(|l| aligned16(l, size));
     let plan = plan(op, &dims, tiled, &q.0.device)?;
     let out = match dtype {
