@@ -131,7 +131,8 @@ async fn invalid_requests_get_openai_errors() {
     assert_eq!(s, 200, "{v}");
     let m = server.metrics().await;
     assert!(m.contains("status=\"400\""), "{m}");
-    assert_eq!(metric_value(&m, "wick:num_requests_running"), 0.0);
+    // Nothing the bad requests did stays behind in the engine.
+    server.wait_idle().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
