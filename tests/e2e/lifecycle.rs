@@ -85,7 +85,7 @@ async fn disconnects_free_blocks_and_64_concurrent_streams_match_solo() {
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mut server = Server::start(&["--drain-timeout", "60"]).await;
     let body =
-        json!({"prompt": "Count slowly:", "max_tokens": 48, "ignore_eos": true, "stream": true});
+        json!({"prompt": "Count slowly:", "max_tokens": 128, "ignore_eos": true, "stream": true});
     let r = server
         .client
         .post(server.url("/v1/completions"))
