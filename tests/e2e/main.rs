@@ -9,6 +9,7 @@
 mod api;
 mod bench;
 mod errors;
+mod generate;
 mod lifecycle;
 mod python_client;
 mod support;
