@@ -234,13 +234,7 @@ async fn a_full_waiting_queue_answers_429_and_keeps_serving() {
     let mut held = vec![];
     let mut refused = 0;
     for _ in 0..6 {
-        let r = server
-            .client
-            .post(server.url("/v1/completions"))
-            .json(&long)
-            .send()
-            .await
-            .unwrap();
+        let r = server.send_json("/v1/completions", &long).await;
         match r.status().as_u16() {
             200 => held.push(r),
             429 => {

@@ -13,13 +13,7 @@ async fn disconnects_free_blocks_and_64_concurrent_streams_match_solo() {
     let server = Server::start(&[]).await;
     // Mid-stream disconnect.
     let body = json!({"prompt": "Tell me a long story.", "max_tokens": 400, "ignore_eos": true, "stream": true});
-    let r = server
-        .client
-        .post(server.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = server.send_json("/v1/completions", &body).await;
     let mut bytes = r.bytes_stream();
     let mut seen = 0;
     while seen < 3 {
@@ -86,13 +80,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mut server = Server::start(&["--drain-timeout", "60"]).await;
     let body =
         json!({"prompt": "Count slowly:", "max_tokens": 128, "ignore_eos": true, "stream": true});
-    let r = server
-        .client
-        .post(server.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = server.send_json("/v1/completions", &body).await;
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();

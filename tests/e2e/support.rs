@@ -94,15 +94,19 @@ impl Server {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
-    /// POSTs `body`; returns status and JSON.
-    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .client
+    /// POSTs `body` as JSON; the raw response.
+    pub async fn send_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
             .post(self.url(path))
             .json(body)
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// POSTs `body`; returns status and JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.send_json(path, body).await;
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
         let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text}: {e}"));
@@ -111,13 +115,7 @@ impl Server {
 
     /// POSTs a streaming request; returns every `data:` payload (the last is `[DONE]`).
     pub async fn stream(&self, path: &str, body: &Value) -> Vec<String> {
-        let r = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let r = self.send_json(path, body).await;
         assert_eq!(r.status(), 200);
         let ct = r.headers()["content-type"].to_str().unwrap().to_string();
         assert!(ct.starts_with("text/event-stream"), "{ct}");
