@@ -18,5 +18,5 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    wick_bench::run(Cli::parse().args)
+    Ok(wick_bench::run(Cli::parse().args)?)
 }

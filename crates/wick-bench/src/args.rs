@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use crate::error::{BenchError, Context, Result};
 
 use crate::config::{
     BenchConfig, CostSpec, EndpointKind, LoadSpec, Slo, TokenizerSource, WorkloadSpec,
@@ -184,7 +184,7 @@ pub fn parse_sweep(
     s: &str,
     arrival: Arrival,
     max_concurrency: Option<usize>,
-) -> anyhow::Result<Vec<LoadSpec>> {
+) -> Result<Vec<LoadSpec>> {
     let (k, v) = s
         .split_once('=')
         .context("--sweep takes concurrency=1,4,16 or rate=1,2,4")?;
@@ -194,11 +194,11 @@ pub fn parse_sweep(
             .map(|x| {
                 let n: usize = x.parse().with_context(|| format!("concurrency `{x}`"))?;
                 if n == 0 {
-                    bail!("concurrency must be at least 1");
+                    return Err(BenchError::invalid("concurrency must be at least 1"));
                 }
                 Ok(LoadSpec::Closed { concurrency: n })
             })
-            .collect::<anyhow::Result<_>>()?,
+            .collect::<Result<_>>()?,
         "rate" | "request-rate" | "r" => values
             .map(|x| {
                 let rate = if x == "inf" {
@@ -207,7 +207,7 @@ pub fn parse_sweep(
                     x.parse().with_context(|| format!("rate `{x}`"))?
                 };
                 if rate <= 0.0 || rate.is_nan() {
-                    bail!("rates must be positive");
+                    return Err(BenchError::invalid("rates must be positive"));
                 }
                 Ok(LoadSpec::Open {
                     rate,
@@ -215,18 +215,22 @@ pub fn parse_sweep(
                     max_concurrency,
                 })
             })
-            .collect::<anyhow::Result<_>>()?,
-        other => bail!("--sweep `{other}`: sweep concurrency or rate"),
+            .collect::<Result<_>>()?,
+        other => {
+            return Err(BenchError::invalid(format!(
+                "--sweep `{other}`: sweep concurrency or rate"
+            )))
+        }
     };
     if loads.is_empty() {
-        bail!("--sweep lists no value");
+        return Err(BenchError::invalid("--sweep lists no value"));
     }
     Ok(loads)
 }
 
 impl BenchArgs {
     /// The library configuration these arguments describe.
-    pub fn to_config(&self) -> anyhow::Result<BenchConfig> {
+    pub fn to_config(&self) -> Result<BenchConfig> {
         let workload = match (&self.dataset, self.workload) {
             (Some(path), _) => WorkloadSpec::File {
                 path: path.clone(),
@@ -240,13 +244,17 @@ impl BenchArgs {
             },
         };
         if !(0.0..=1.0).contains(&self.len_spread) {
-            bail!("--len-spread must be between 0 and 1");
+            return Err(BenchError::invalid("--len-spread must be between 0 and 1"));
         }
         let load = match (self.request_rate, self.concurrency) {
-            (Some(_), Some(_)) => bail!("use either --concurrency or --request-rate"),
+            (Some(_), Some(_)) => {
+                return Err(BenchError::invalid(
+                    "use either --concurrency or --request-rate",
+                ))
+            }
             (Some(rate), None) => {
                 if rate <= 0.0 || rate.is_nan() {
-                    bail!("--request-rate must be positive");
+                    return Err(BenchError::invalid("--request-rate must be positive"));
                 }
                 LoadSpec::Open {
                     rate,
@@ -292,7 +300,7 @@ impl BenchArgs {
     }
 
     /// The sweep's load levels, or `None` without `--sweep`.
-    pub fn sweep_loads(&self) -> anyhow::Result<Option<Vec<LoadSpec>>> {
+    pub fn sweep_loads(&self) -> Result<Option<Vec<LoadSpec>>> {
         self.sweep
             .as_deref()
             .map(|s| parse_sweep(s, self.arrival, self.max_concurrency))

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
+use crate::error::{Context, Result};
 
 use crate::cancel::CancelToken;
 use crate::client::{Client, StreamOpts};
@@ -37,7 +37,7 @@ struct Items {
 }
 
 /// Resolves the endpoint, the model and the tokenizer of `config`.
-pub async fn prepare(config: &BenchConfig) -> anyhow::Result<Prepared> {
+pub async fn prepare(config: &BenchConfig) -> Result<Prepared> {
     let client = Client::new(&config.base_url(), config.api_key.clone())?;
     let model = match &config.model {
         Some(m) => m.clone(),
@@ -56,7 +56,7 @@ pub async fn prepare(config: &BenchConfig) -> anyhow::Result<Prepared> {
 
 impl Prepared {
     /// Warm-up and counted items for `seed`.
-    async fn items(&self, config: &BenchConfig, seed: u64) -> anyhow::Result<Items> {
+    async fn items(&self, config: &BenchConfig, seed: u64) -> Result<Items> {
         let (n, _) = config.stop_condition();
         let counted_n = n.unwrap_or(DURATION_POOL).max(1);
         let mut items = workload::build(
@@ -84,7 +84,7 @@ impl Prepared {
 
 /// Runs `config` at `config.load`. Cancelling `cancel` stops it early with a partial
 /// report.
-pub async fn run_benchmark(config: &BenchConfig, cancel: &CancelToken) -> anyhow::Result<Report> {
+pub async fn run_benchmark(config: &BenchConfig, cancel: &CancelToken) -> Result<Report> {
     let prepared = prepare(config).await?;
     run_prepared(&prepared, config, config.load, config.seed, cancel).await
 }
@@ -95,7 +95,7 @@ pub async fn run_sweep(
     config: &BenchConfig,
     loads: &[LoadSpec],
     cancel: &CancelToken,
-) -> anyhow::Result<SweepReport> {
+) -> Result<SweepReport> {
     let prepared = prepare(config).await?;
     let mut points = Vec::new();
     for (i, &load) in loads.iter().enumerate() {
@@ -119,7 +119,7 @@ pub async fn run_prepared(
     load: LoadSpec,
     seed: u64,
     cancel: &CancelToken,
-) -> anyhow::Result<Report> {
+) -> Result<Report> {
     let items = prepared.items(config, seed).await?;
     let opts = Arc::new(StreamOpts {
         model: prepared.model.clone(),

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use crate::error::{BenchError, Context, Result};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -148,7 +148,7 @@ pub struct Client {
 
 impl Client {
     /// A client for `base` (no trailing slash, no `/v1`).
-    pub fn new(base: &str, api_key: Option<String>) -> anyhow::Result<Self> {
+    pub fn new(base: &str, api_key: Option<String>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
@@ -170,7 +170,7 @@ impl Client {
         }
     }
 
-    async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
         let resp = self
             .request(reqwest::Method::POST, path)
             .json(body)
@@ -181,7 +181,10 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
-            bail!("POST {}{path}: HTTP {status}: {text:.200}", self.base);
+            return Err(BenchError::Endpoint(format!(
+                "POST {}{path}: HTTP {status}: {text:.200}",
+                self.base
+            )));
         }
         resp.json()
             .await
@@ -189,7 +192,7 @@ impl Client {
     }
 
     /// The first model of `GET /v1/models`.
-    pub async fn first_model(&self) -> anyhow::Result<String> {
+    pub async fn first_model(&self) -> Result<String> {
         let resp = self
             .request(reqwest::Method::GET, "/v1/models")
             .timeout(Duration::from_secs(30))
@@ -205,16 +208,11 @@ impl Client {
             .and_then(|m| m.get("id"))
             .and_then(Value::as_str)
             .map(str::to_string)
-            .context("/v1/models lists no model; pass --model")
+            .ok_or_else(|| BenchError::Endpoint("/v1/models lists no model; pass --model".into()))
     }
 
     /// Token ids of `text` by the server's tokenize endpoint in the `api` dialect.
-    pub async fn tokenize(
-        &self,
-        api: TokenizeApi,
-        model: &str,
-        text: &str,
-    ) -> anyhow::Result<Vec<u32>> {
+    pub async fn tokenize(&self, api: TokenizeApi, model: &str, text: &str) -> Result<Vec<u32>> {
         let (path, body) = match api {
             TokenizeApi::Vllm => ("/tokenize", json!({"model": model, "prompt": text})),
             TokenizeApi::LlamaCpp => ("/tokenize", json!({"content": text, "add_special": true})),
@@ -224,13 +222,15 @@ impl Client {
         let tokens = v
             .get("tokens")
             .and_then(Value::as_array)
-            .with_context(|| format!("{path} answer has no `tokens` array"))?;
+            .ok_or_else(|| BenchError::Endpoint(format!("{path} answer has no `tokens` array")))?;
         tokens
             .iter()
             .map(|t| {
                 t.as_u64()
                     .and_then(|t| u32::try_from(t).ok())
-                    .with_context(|| format!("{path} returned a token that is not a u32"))
+                    .ok_or_else(|| {
+                        BenchError::Endpoint(format!("{path} returned a token that is not a u32"))
+                    })
             })
             .collect()
     }
@@ -238,7 +238,7 @@ impl Client {
     /// Which tokenize dialect the server speaks: vLLM's (`/tokenize` with `prompt`),
     /// llama.cpp's (`/tokenize` with `content`) or llama-cpp-python's
     /// (`/extras/tokenize`); the first that answers with tokens.
-    pub async fn probe_tokenize(&self, model: &str) -> anyhow::Result<TokenizeApi> {
+    pub async fn probe_tokenize(&self, model: &str) -> Result<TokenizeApi> {
         let mut errors = Vec::new();
         for api in [
             TokenizeApi::Vllm,
@@ -248,10 +248,13 @@ impl Client {
             match self.tokenize(api, model, "hello world").await {
                 Ok(t) if !t.is_empty() => return Ok(api),
                 Ok(_) => errors.push(format!("{api:?}: no tokens")),
-                Err(e) => errors.push(format!("{api:?}: {e:#}")),
+                Err(e) => errors.push(format!("{api:?}: {}", e.chain())),
             }
         }
-        bail!("no tokenize endpoint answered ({})", errors.join("; "))
+        Err(BenchError::Endpoint(format!(
+            "no tokenize endpoint answered ({})",
+            errors.join("; ")
+        )))
     }
 
     /// Text of `tokens` by the server's detokenize endpoint in the `api` dialect.
@@ -260,7 +263,7 @@ impl Client {
         api: TokenizeApi,
         model: &str,
         tokens: &[u32],
-    ) -> anyhow::Result<String> {
+    ) -> Result<String> {
         let path = match api {
             TokenizeApi::Vllm | TokenizeApi::LlamaCpp => "/detokenize",
             TokenizeApi::Extras => "/extras/detokenize",
@@ -272,7 +275,7 @@ impl Client {
             .iter()
             .find_map(|k| v.get(*k).and_then(Value::as_str))
             .map(str::to_string)
-            .with_context(|| format!("{path} answer has no text"))
+            .ok_or_else(|| BenchError::Endpoint(format!("{path} answer has no text")))
     }
 
     /// The text of `GET /metrics`, or `None` when the server has none.

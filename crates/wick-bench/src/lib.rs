@@ -7,7 +7,7 @@
 //! [`run_sweep`]; both return plain reports that tests can assert on.
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! # async fn demo() -> wick_bench::Result<()> {
 //! use wick_bench::{run_benchmark, BenchConfig, CancelToken, LoadSpec};
 //! let config = BenchConfig {
 //!     load: LoadSpec::Closed { concurrency: 4 },
@@ -24,6 +24,7 @@ mod bench;
 mod cancel;
 pub mod client;
 mod config;
+mod error;
 pub mod metrics;
 pub mod plot;
 mod progress;
@@ -36,7 +37,7 @@ pub mod workload;
 
 use std::io::IsTerminal;
 
-use anyhow::Context;
+use error::Context;
 
 pub use args::{parse_duration, parse_slo, parse_sweep, Arrival, BenchArgs, WorkloadKind};
 pub use bench::{prepare, run_benchmark, run_prepared, run_sweep, Prepared};
@@ -46,12 +47,13 @@ pub use config::{
     BenchConfig, CostSpec, EndpointKind, LoadSpec, Slo, TokenizerSource, WorkloadSpec,
     DEFAULT_NUM_REQUESTS,
 };
+pub use error::{BenchError, Result};
 pub use report::{Report, SweepReport};
 
 /// Runs `wick bench`: the benchmark (or sweep), then the table on stdout, `--json` and
 /// `--plot` files. The first Ctrl-C stops the run and reports what was measured; a
 /// second one exits at once.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: BenchArgs) -> Result<()> {
     let mut config = args.to_config()?;
     config.progress &= std::io::stderr().is_terminal();
     let loads = args.sweep_loads()?;
@@ -93,11 +95,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     })
 }
 
-fn write_outputs(
-    args: &BenchArgs,
-    value: &impl serde::Serialize,
-    svg: String,
-) -> anyhow::Result<()> {
+fn write_outputs(args: &BenchArgs, value: &impl serde::Serialize, svg: String) -> Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(value).context("serialising the report")?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;

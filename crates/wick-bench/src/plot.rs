@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use crate::error::{BenchError, Context, Result};
 
 use crate::report::{Report, SweepReport};
 use crate::stats::cdf_points;
@@ -341,7 +341,7 @@ pub fn sweep_svg(s: &SweepReport) -> String {
 }
 
 /// Writes `svg` to `path`: as is for `.svg`, through `rsvg-convert` for `.png`.
-pub fn write(path: &Path, svg: &str) -> anyhow::Result<()> {
+pub fn write(path: &Path, svg: &str) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext.to_ascii_lowercase().as_str() {
         "png" => {
@@ -359,7 +359,9 @@ pub fn write(path: &Path, svg: &str) -> anyhow::Result<()> {
             }
             let status = child.wait().context("waiting for rsvg-convert")?;
             if !status.success() {
-                bail!("rsvg-convert failed ({status})");
+                return Err(BenchError::Io(std::io::Error::other(format!(
+                    "rsvg-convert failed ({status})"
+                ))));
             }
             Ok(())
         }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Context};
+use crate::error::{BenchError, Context, Result};
 
 use crate::client::{Client, TokenizeApi};
 use crate::config::TokenizerSource;
@@ -37,11 +37,7 @@ impl std::fmt::Debug for Tokenizer {
 
 impl Tokenizer {
     /// Resolves `source`; `Auto` probes the server's `/tokenize` once.
-    pub async fn resolve(
-        source: &TokenizerSource,
-        client: &Client,
-        model: &str,
-    ) -> anyhow::Result<Self> {
+    pub async fn resolve(source: &TokenizerSource, client: &Client, model: &str) -> Result<Self> {
         let server = |api| Tokenizer::Server {
             client: client.clone(),
             api,
@@ -61,8 +57,9 @@ impl Tokenizer {
                 Ok(api) => Ok(server(api)),
                 Err(e) => {
                     tracing::warn!(
-                        "{e:#}; prompt lengths are approximate \
-                         (pass --tokenizer tokenizer.json for exact counts)"
+                        "{}; prompt lengths are approximate \
+                         (pass --tokenizer tokenizer.json for exact counts)",
+                        e.chain()
                     );
                     Ok(Tokenizer::Approximate)
                 }
@@ -71,9 +68,9 @@ impl Tokenizer {
     }
 
     /// Loads a local `tokenizer.json`.
-    pub fn local(path: &Path) -> anyhow::Result<Self> {
+    pub fn local(path: &Path) -> Result<Self> {
         let tok = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("{e}"))
+            .map_err(|e| BenchError::Tokenizer(e.to_string()))
             .with_context(|| format!("loading tokenizer {}", path.display()))?;
         Ok(Tokenizer::Local(Box::new(tok)))
     }
@@ -93,11 +90,11 @@ impl Tokenizer {
     }
 
     /// Token ids of `text` (approximate: one id per word).
-    pub async fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+    pub async fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match self {
             Tokenizer::Local(tok) => Ok(tok
                 .encode(text, true)
-                .map_err(|e| anyhow!("tokenizing: {e}"))?
+                .map_err(|e| BenchError::Tokenizer(format!("tokenizing: {e}")))?
                 .get_ids()
                 .to_vec()),
             Tokenizer::Server { client, api, model } => client.tokenize(*api, model, text).await,
@@ -106,18 +103,20 @@ impl Tokenizer {
     }
 
     /// Text of `ids` (not available for the approximation).
-    pub async fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+    pub async fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
             Tokenizer::Local(tok) => tok
                 .decode(ids, true)
-                .map_err(|e| anyhow!("detokenizing: {e}")),
+                .map_err(|e| BenchError::Tokenizer(format!("detokenizing: {e}"))),
             Tokenizer::Server { client, api, model } => client.detokenize(*api, model, ids).await,
-            Tokenizer::Approximate => Err(anyhow!("the approximate tokenizer cannot decode")),
+            Tokenizer::Approximate => Err(BenchError::Tokenizer(
+                "the approximate tokenizer cannot decode".into(),
+            )),
         }
     }
 
     /// Number of tokens of `text`.
-    pub async fn count(&self, text: &str) -> anyhow::Result<usize> {
+    pub async fn count(&self, text: &str) -> Result<usize> {
         Ok(self.encode(text).await?.len())
     }
 }
@@ -130,7 +129,7 @@ pub async fn exact_prompt(
     corpus_ids: &[u32],
     offset: usize,
     target: usize,
-) -> anyhow::Result<(String, usize)> {
+) -> Result<(String, usize)> {
     let target = target.max(1);
     let mut len = target;
     let mut best: Option<(String, usize)> = None;

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use crate::error::{BenchError, Context, Result};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -135,7 +135,7 @@ pub async fn build(
     n: usize,
     seed: u64,
     tok: &Tokenizer,
-) -> anyhow::Result<Vec<WorkItem>> {
+) -> Result<Vec<WorkItem>> {
     let mut rng = StdRng::seed_from_u64(seed);
     if let WorkloadSpec::File { path, output_len } = spec {
         return from_file(path, *output_len, n, &mut rng, tok).await;
@@ -173,7 +173,7 @@ pub async fn build(
     stream::iter(jobs)
         .map(|(start, input, output)| async move {
             let (text, count) = exact_prompt(tok, ids, start, input).await?;
-            Ok::<_, anyhow::Error>(WorkItem {
+            Ok::<_, BenchError>(WorkItem {
                 prompt: Prompt::Text(text),
                 prompt_tokens: Some(count),
                 output_len: output,
@@ -197,7 +197,7 @@ pub struct FileRecord {
 
 /// Parses a JSONL file, or a JSON array (ShareGPT dumps are arrays), of records with
 /// `prompt`, `messages` or `conversations`.
-pub fn parse_records(text: &str) -> anyhow::Result<Vec<FileRecord>> {
+pub fn parse_records(text: &str) -> Result<Vec<FileRecord>> {
     let values: Vec<Value> = if text.trim_start().starts_with('[') {
         serde_json::from_str(text).context("parsing the JSON array")?
     } else {
@@ -205,11 +205,13 @@ pub fn parse_records(text: &str) -> anyhow::Result<Vec<FileRecord>> {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("line {}", i + 1)))
-            .collect::<anyhow::Result<_>>()?
+            .collect::<Result<_>>()?
     };
     let records: Vec<FileRecord> = values.iter().filter_map(record).collect();
     if records.is_empty() {
-        bail!("no usable record (each needs `prompt`, `messages` or `conversations`)");
+        return Err(BenchError::invalid(
+            "no usable record (each needs `prompt`, `messages` or `conversations`)",
+        ));
     }
     Ok(records)
 }
@@ -283,7 +285,7 @@ async fn from_file(
     n: usize,
     rng: &mut StdRng,
     tok: &Tokenizer,
-) -> anyhow::Result<Vec<WorkItem>> {
+) -> Result<Vec<WorkItem>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading workload file {}", path.display()))?;
     let records =

@@ -1,6 +1,8 @@
 //! The `wick bench` entry point end to end against the fake endpoint: a concurrency
 //! sweep that writes `--json` and `--plot` files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

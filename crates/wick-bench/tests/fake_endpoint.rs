@@ -2,6 +2,8 @@
 //! every failure kind counted and none crashing the tool, concurrency caps honoured,
 //! bounded time, cancellation, chat/ShareGPT workloads, and the CLI's files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

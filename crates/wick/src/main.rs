@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             init_logs(LogFormat::Text);
-            wick_bench::run(args)
+            Ok(wick_bench::run(args)?)
         }
     }
 }
