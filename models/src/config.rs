@@ -3,6 +3,7 @@
 //! (qkv bias, q/k norm, sliding window, rope scaling, tied embeddings), so one forward pass
 //! serves them all.
 
+use crate::gguf_metadata as meta;
 use crate::{ModelError, Result};
 use candle_core::quantized::gguf_file;
 use serde::Deserialize;
@@ -234,51 +235,46 @@ impl ModelConfig {
         vocab_size: usize,
         has_output: bool,
     ) -> Result<Self> {
-        let arch_name = gguf_string(metadata, "general.architecture")?;
-        let architecture = Architecture::from_gguf_name(&arch_name)?;
+        let arch_name = meta::str(metadata, "general.architecture")?;
+        let architecture = Architecture::from_gguf_name(arch_name)?;
         let key = |k: &str| format!("{arch_name}.{k}");
-        let num_heads = gguf_usize(metadata, &key("attention.head_count"))?;
-        let hidden_size = gguf_usize(metadata, &key("embedding_length"))?;
-        let head_dim = match metadata.get(&key("attention.key_length")) {
-            Some(v) => gguf_value_usize(v, &key("attention.key_length"))?,
-            None => hidden_size / num_heads.max(1),
+        let f64_or = |k: &str, default: f64| -> Result<f64> {
+            Ok(meta::opt_f64(metadata, &key(k))?.unwrap_or(default))
         };
-        let rope_scaling = match metadata.get(&key("rope.scaling.type")) {
-            Some(gguf_file::Value::String(t)) if t == "llama3" => Some(Llama3RopeScaling {
-                factor: gguf_f64_or(metadata, &key("rope.scaling.factor"), 8.0),
-                low_freq_factor: gguf_f64_or(metadata, &key("rope.scaling.low_freq_factor"), 1.0),
-                high_freq_factor: gguf_f64_or(metadata, &key("rope.scaling.high_freq_factor"), 4.0),
-                original_max_position_embeddings: gguf_f64_or(
-                    metadata,
-                    &key("rope.scaling.original_context_length"),
+        let num_heads: usize = meta::int(metadata, &key("attention.head_count"))?;
+        let hidden_size: usize = meta::int(metadata, &key("embedding_length"))?;
+        let head_dim = meta::opt_int(metadata, &key("attention.key_length"))?
+            .unwrap_or(hidden_size / num_heads.max(1));
+        let rope_scaling = match meta::opt_str(metadata, &key("rope.scaling.type")) {
+            Ok(Some("llama3")) => Some(Llama3RopeScaling {
+                factor: f64_or("rope.scaling.factor", 8.0)?,
+                low_freq_factor: f64_or("rope.scaling.low_freq_factor", 1.0)?,
+                high_freq_factor: f64_or("rope.scaling.high_freq_factor", 4.0)?,
+                original_max_position_embeddings: f64_or(
+                    "rope.scaling.original_context_length",
                     8192.0,
-                ) as usize,
+                )? as usize,
             }),
             _ => None,
         };
         let cfg = Self {
             architecture,
             hidden_size,
-            intermediate_size: gguf_usize(metadata, &key("feed_forward_length"))?,
-            num_layers: gguf_usize(metadata, &key("block_count"))?,
+            intermediate_size: meta::int(metadata, &key("feed_forward_length"))?,
+            num_layers: meta::int(metadata, &key("block_count"))?,
             num_heads,
-            num_kv_heads: match metadata.get(&key("attention.head_count_kv")) {
-                Some(v) => gguf_value_usize(v, &key("attention.head_count_kv"))?,
-                None => num_heads,
-            },
+            num_kv_heads: meta::opt_int(metadata, &key("attention.head_count_kv"))?
+                .unwrap_or(num_heads),
             head_dim,
             vocab_size,
-            rms_norm_eps: gguf_f64_or(metadata, &key("attention.layer_norm_rms_epsilon"), 1e-5),
-            rope_theta: gguf_f64_or(metadata, &key("rope.freq_base"), 10_000.0),
+            rms_norm_eps: f64_or("attention.layer_norm_rms_epsilon", 1e-5)?,
+            rope_theta: f64_or("rope.freq_base", 10_000.0)?,
             rope_scaling,
-            max_position_embeddings: gguf_usize(metadata, &key("context_length"))?,
+            max_position_embeddings: meta::int(metadata, &key("context_length"))?,
             tie_word_embeddings: !has_output,
             attention_bias: architecture == Architecture::Qwen2,
             qk_norm: architecture == Architecture::Qwen3,
-            sliding_window: match metadata.get(&key("attention.sliding_window")) {
-                Some(v) => Some(gguf_value_usize(v, &key("attention.sliding_window"))?),
-                None => None,
-            },
+            sliding_window: meta::opt_int(metadata, &key("attention.sliding_window"))?,
         };
         cfg.validate("GGUF metadata")?;
         Ok(cfg)
@@ -308,54 +304,5 @@ impl ModelConfig {
     /// per element.
     pub fn kv_bytes_per_token(&self, dtype_size: usize) -> usize {
         2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_size
-    }
-}
-
-pub(crate) fn gguf_string(md: &HashMap<String, gguf_file::Value>, key: &str) -> Result<String> {
-    match md.get(key) {
-        Some(gguf_file::Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ModelError::invalid(
-            "GGUF metadata",
-            format!("{key} is not a string"),
-        )),
-        None => Err(ModelError::Missing(format!("GGUF metadata key {key}"))),
-    }
-}
-
-fn gguf_value_usize(v: &gguf_file::Value, key: &str) -> Result<usize> {
-    let n = match v {
-        gguf_file::Value::U8(x) => *x as i64,
-        gguf_file::Value::I8(x) => *x as i64,
-        gguf_file::Value::U16(x) => *x as i64,
-        gguf_file::Value::I16(x) => *x as i64,
-        gguf_file::Value::U32(x) => *x as i64,
-        gguf_file::Value::I32(x) => *x as i64,
-        gguf_file::Value::U64(x) => i64::try_from(*x).unwrap_or(-1),
-        gguf_file::Value::I64(x) => *x,
-        _ => -1,
-    };
-    usize::try_from(n).map_err(|_| {
-        ModelError::invalid(
-            "GGUF metadata",
-            format!("{key} is not a non-negative integer"),
-        )
-    })
-}
-
-fn gguf_usize(md: &HashMap<String, gguf_file::Value>, key: &str) -> Result<usize> {
-    match md.get(key) {
-        Some(v) => gguf_value_usize(v, key),
-        None => Err(ModelError::Missing(format!("GGUF metadata key {key}"))),
-    }
-}
-
-fn gguf_f64_or(md: &HashMap<String, gguf_file::Value>, key: &str, default: f64) -> f64 {
-    match md.get(key) {
-        Some(gguf_file::Value::F32(x)) => *x as f64,
-        Some(gguf_file::Value::F64(x)) => *x,
-        Some(v) => gguf_value_usize(v, key)
-            .map(|n| n as f64)
-            .unwrap_or(default),
-        None => default,
     }
 }

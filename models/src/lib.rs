@@ -12,6 +12,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+mod gguf_metadata;
 pub mod greedy;
 pub mod input;
 pub mod kv_cache;

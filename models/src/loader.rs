@@ -2,7 +2,8 @@
 //! serving dtype, the tokenizer, the chat template, special tokens and generation
 //! defaults. One entry point, [`load`], whatever `--model` names.
 
-use crate::config::ModelConfig;
+use crate::config::{Architecture, ModelConfig};
+use crate::gguf_metadata as meta;
 use crate::llama::LlamaModel;
 use crate::source::{resolve_hf_files, HfFiles, ModelSource};
 use crate::tokenizer::gguf as gguf_tok;
@@ -216,9 +217,12 @@ fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> 
     let vocab_size = *embd.shape.dims().first().unwrap_or(&0);
     let has_output = content.tensor_infos.contains_key("output.weight");
     let cfg = ModelConfig::from_gguf(&content.metadata, vocab_size, has_output)?;
-    let arch = crate::config::gguf_string(&content.metadata, "general.architecture")?;
     let weights = Weights::Gguf {
-        unpermute_qk: matches!(arch.as_str(), "llama" | "mistral"),
+        // llama.cpp permutes q/k rows only when converting llama-arch checkpoints.
+        unpermute_qk: matches!(
+            cfg.architecture,
+            Architecture::Llama | Architecture::Mistral
+        ),
         num_heads: cfg.num_heads,
         num_kv_heads: cfg.num_kv_heads,
         content,
@@ -240,10 +244,7 @@ fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> 
 fn gguf_special_tokens(md: &HashMap<String, gguf_file::Value>) -> Result<SpecialTokens> {
     let g = gguf_tok::GgufSpecialTokens::from_gguf(md)?;
     let mut eos_token_ids: Vec<u32> = g.eos.iter().map(|(id, _)| *id).collect();
-    if let Some(eot) = md
-        .get("tokenizer.ggml.eot_token_id")
-        .and_then(|v| v.to_u32().ok())
-    {
+    if let Some(eot) = meta::opt_int::<u32>(md, "tokenizer.ggml.eot_token_id")? {
         if !eos_token_ids.contains(&eot) {
             eos_token_ids.push(eot);
         }

@@ -23,6 +23,9 @@ use candle_core::quantized::gguf_file::Value;
 use serde_json::{json, Map, Value as Json};
 use tokenizers::Tokenizer;
 
+use crate::gguf_metadata::{
+    opt_bool, opt_float_array, opt_int, opt_int_array, opt_str, string_array,
+};
 use crate::{ModelError, Result};
 
 /// llama.cpp's `llama_token_type` values (`tokenizer.ggml.token_type`).
@@ -92,7 +95,7 @@ impl GgufSpecialTokens {
     pub fn from_gguf(metadata: &HashMap<String, Value>) -> Result<Self> {
         let tokens = string_array(metadata, "tokenizer.ggml.tokens")?;
         let lookup = |key: &str| -> Result<Option<(u32, String)>> {
-            let Some(id) = opt_u32(metadata, key)? else {
+            let Some(id) = opt_int::<u32>(metadata, key)? else {
                 return Ok(None);
             };
             let text = tokens.get(id as usize).ok_or_else(|| {
@@ -136,9 +139,8 @@ pub fn tokenizer_from_gguf(metadata: &HashMap<String, Value>) -> Result<Tokenize
     let model = opt_str(metadata, "tokenizer.ggml.model")?
         .ok_or_else(|| ModelError::Missing("GGUF metadata tokenizer.ggml.model".into()))?;
     let tokens = string_array(metadata, "tokenizer.ggml.tokens")?;
-    let types = match metadata.get("tokenizer.ggml.token_type") {
-        Some(value) => {
-            let types = int_array(value, "tokenizer.ggml.token_type")?;
+    let types = match opt_int_array(metadata, "tokenizer.ggml.token_type")? {
+        Some(types) => {
             if types.len() != tokens.len() {
                 return Err(ModelError::invalid(
                     "GGUF metadata tokenizer.ggml.token_type",
@@ -160,8 +162,8 @@ pub fn tokenizer_from_gguf(metadata: &HashMap<String, Value>) -> Result<Tokenize
             byte_level_document(vocab, merges, added_tokens, pre)
         }
         "llama" => {
-            let scores = match metadata.get("tokenizer.ggml.scores") {
-                Some(value) => float_array(value, "tokenizer.ggml.scores")?,
+            let scores = match opt_float_array(metadata, "tokenizer.ggml.scores")? {
+                Some(scores) => scores,
                 None => (0..tokens.len()).map(|id| -(id as f32)).collect(),
             };
             if scores.len() != tokens.len() {
@@ -171,7 +173,7 @@ pub fn tokenizer_from_gguf(metadata: &HashMap<String, Value>) -> Result<Tokenize
                 ));
             }
             let merges = sentencepiece_merges(&tokens, &scores, &vocab);
-            let unk = match opt_u32(metadata, "tokenizer.ggml.unknown_token_id")? {
+            let unk = match opt_int::<u32>(metadata, "tokenizer.ggml.unknown_token_id")? {
                 Some(id) => tokens.get(id as usize).map(|t| (*t).to_string()),
                 None => None,
             };
@@ -426,94 +428,6 @@ fn sentencepiece_document(
             "merges": merges_json(merges),
         },
     })
-}
-
-// ---- typed access to GGUF metadata --------------------------------------------------
-
-fn wrong_type(key: &str, expected: &str, found: &Value) -> ModelError {
-    ModelError::invalid(
-        format!("GGUF metadata {key}"),
-        format!("expected {expected}, found {:?}", found.value_type()),
-    )
-}
-
-fn opt_str<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> Result<Option<&'a str>> {
-    match metadata.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(wrong_type(key, "a string", other)),
-    }
-}
-
-fn opt_bool(metadata: &HashMap<String, Value>, key: &str) -> Result<Option<bool>> {
-    match metadata.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(wrong_type(key, "a bool", other)),
-    }
-}
-
-fn opt_u32(metadata: &HashMap<String, Value>, key: &str) -> Result<Option<u32>> {
-    match metadata.get(key) {
-        None => Ok(None),
-        Some(value) => as_int(value)
-            .and_then(|v| u32::try_from(v).ok())
-            .map(Some)
-            .ok_or_else(|| wrong_type(key, "a non-negative 32-bit integer", value)),
-    }
-}
-
-fn as_int(value: &Value) -> Option<i64> {
-    Some(match *value {
-        Value::U8(v) => v.into(),
-        Value::I8(v) => v.into(),
-        Value::U16(v) => v.into(),
-        Value::I16(v) => v.into(),
-        Value::U32(v) => v.into(),
-        Value::I32(v) => v.into(),
-        Value::U64(v) => i64::try_from(v).ok()?,
-        Value::I64(v) => v,
-        _ => return None,
-    })
-}
-
-fn array<'a>(value: &'a Value, key: &str, expected: &str) -> Result<&'a [Value]> {
-    match value {
-        Value::Array(items) => Ok(items),
-        other => Err(wrong_type(key, expected, other)),
-    }
-}
-
-/// A required array of strings, borrowed from the metadata.
-fn string_array<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> Result<Vec<&'a str>> {
-    let value = metadata
-        .get(key)
-        .ok_or_else(|| ModelError::Missing(format!("GGUF metadata {key}")))?;
-    array(value, key, "an array of strings")?
-        .iter()
-        .map(|item| match item {
-            Value::String(s) => Ok(s.as_str()),
-            other => Err(wrong_type(key, "an array of strings", other)),
-        })
-        .collect()
-}
-
-fn int_array(value: &Value, key: &str) -> Result<Vec<i64>> {
-    array(value, key, "an array of integers")?
-        .iter()
-        .map(|item| as_int(item).ok_or_else(|| wrong_type(key, "an array of integers", item)))
-        .collect()
-}
-
-fn float_array(value: &Value, key: &str) -> Result<Vec<f32>> {
-    array(value, key, "an array of floats")?
-        .iter()
-        .map(|item| match *item {
-            Value::F32(v) => Ok(v),
-            Value::F64(v) => Ok(v as f32),
-            _ => Err(wrong_type(key, "an array of floats", item)),
-        })
-        .collect()
 }
 
 #[cfg(test)]
