@@ -1,23 +1,28 @@
-//! wick-models: model loading (HF directory, hub id, GGUF) and the Llama-family forward
-//! pass over a paged KV cache. Knows nothing of requests or HTTP.
+//! wick-models: model loading (HF directory, hub id, GGUF) and the forward pass over a
+//! paged KV cache, behind one interface, [`Model`]. Knows nothing of requests or HTTP.
 //!
 //! Where things are:
 //! - [`source`]: `--model` string -> local files (directory, GGUF, hub cache/download);
-//! - [`loader`]: files -> [`LoadedModel`] (weights, tokenizer, chat template, specials);
+//! - [`loader`]: files -> [`LoadedModel`] (a [`Model`], tokenizer, chat template,
+//!   specials);
 //! - [`config`]: one [`ModelConfig`] from config.json or GGUF metadata;
 //! - [`weights`]: named tensors with shape checks, GGUF dequantization;
-//! - [`llama`]: the forward pass (add an architecture here, as switches on the config);
+//! - [`model`]: [`Model`], the enum over architecture families the engine uses;
+//! - [`llama`]: the Llama family (Llama, Mistral, Qwen2, Qwen3) as switches on the config;
+//! - [`layers`]: what families are built from (wick's own `Linear`, attention over the
+//!   paged cache, MLP, rotary, RMSNorm);
 //! - [`kv_cache`]: the paged K/V storage; [`input`]: one step's flattened batch.
 
 pub mod config;
 pub mod device;
 pub mod error;
 mod gguf_metadata;
-pub mod greedy;
 pub mod input;
 pub mod kv_cache;
+pub mod layers;
 pub mod llama;
 pub mod loader;
+pub mod model;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;
@@ -28,3 +33,4 @@ pub use input::{ModelInput, SequenceChunk};
 pub use kv_cache::{KvCache, DEFAULT_BLOCK_SIZE};
 pub use llama::LlamaModel;
 pub use loader::{load, LoadOptions, LoadedModel, SpecialTokens};
+pub use model::Model;

@@ -4,7 +4,7 @@
 
 use crate::config::{Architecture, ModelConfig};
 use crate::gguf_metadata as meta;
-use crate::llama::LlamaModel;
+use crate::model::Model;
 use crate::source::{resolve_hf_files, HfFiles, ModelSource};
 use crate::tokenizer::gguf as gguf_tok;
 use crate::weights::Weights;
@@ -53,7 +53,7 @@ pub struct GenerationDefaults {
 /// A model ready to run, with everything needed to talk to it.
 pub struct LoadedModel {
     /// The network.
-    pub model: LlamaModel,
+    pub model: Model,
     /// The tokenizer (never adds special tokens by itself; see `special.add_bos`).
     pub tokenizer: Tokenizer,
     /// Jinja chat template, if the checkpoint has one.
@@ -144,7 +144,7 @@ fn load_hf(files: &HfFiles, source: String, dtype: DType, device: &Device) -> Re
     let cfg = ModelConfig::from_hf_json(&read_text("config.json", &files.config)?)?;
     let config_json = read_json("config.json", &files.config)?;
     let weights = Weights::from_safetensors(&files.weights)?;
-    let model = LlamaModel::load(&cfg, &weights, dtype, device)?;
+    let model = Model::load(&cfg, &weights, dtype, device)?;
     let tokenizer = Tokenizer::from_file(&files.tokenizer)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
     let tok_cfg = match &files.tokenizer_config {
@@ -229,7 +229,7 @@ fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> 
         file: Mutex::new(file),
         path: path.to_path_buf(),
     };
-    let model = LlamaModel::load(&cfg, &weights, dtype, device)?;
+    let model = Model::load(&cfg, &weights, dtype, device)?;
     Ok(LoadedModel {
         model,
         tokenizer,

@@ -181,8 +181,8 @@ fn qwen3_qk_norm_matches() {
 #[test]
 fn llama3_rope_scaling_changes_low_frequencies_only() {
     let cfg = wick_models::ModelConfig::from_hf_json(&tiny::config("llama3").to_string()).unwrap();
-    let plain = wick_models::llama::rope_inv_freq(16, 10000.0, None);
-    let scaled = wick_models::llama::rope_inv_freq(16, 10000.0, cfg.rope_scaling.as_ref());
+    let plain = wick_models::layers::rotary::rope_inv_freq(16, 10000.0, None);
+    let scaled = wick_models::layers::rotary::rope_inv_freq(16, 10000.0, cfg.rope_scaling.as_ref());
     assert_eq!(plain[0], scaled[0], "highest frequency is unscaled");
     let last = plain.len() - 1;
     assert!(

@@ -33,7 +33,7 @@ fn golden_cases_alone_batched_chunked_and_prefix_shared() {
 
     // 1. One at a time.
     for c in &cases {
-        let out = wick_models::greedy::generate(
+        let out = wick_test_support::greedy::generate(
             model,
             &mut cache,
             &c.prompt_token_ids,

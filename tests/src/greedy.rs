@@ -1,10 +1,9 @@
 //! Greedy decoding of one sequence straight on the model, without the engine: the
-//! simplest user of the forward pass, for `wick generate` and for tests.
+//! simplest user of the forward pass, for tests that check the model alone. Errors are
+//! returned (not panicked) so a test can also check what a bad input does.
 
-use crate::input::{ModelInput, SequenceChunk};
-use crate::kv_cache::KvCache;
-use crate::llama::{log_softmax, LlamaModel};
-use crate::{ModelError, Result};
+use candle_core::{DType, Tensor, D};
+use wick_models::{KvCache, Model, ModelError, ModelInput, Result, SequenceChunk};
 
 /// One generated token and its log-probability.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,7 +17,7 @@ pub struct GeneratedToken {
 /// Generates up to `max_tokens` greedily after `prompt`, stopping after any of
 /// `stop_ids`. Uses blocks `0..` of `cache`; prefill runs in chunks of `chunk` tokens.
 pub fn generate(
-    model: &LlamaModel,
+    model: &Model,
     cache: &mut KvCache,
     prompt: &[u32],
     max_tokens: usize,
@@ -80,4 +79,13 @@ pub fn generate(
         }
     }
     Ok(out)
+}
+
+/// Log-softmax over the last dimension, in f32.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
 }

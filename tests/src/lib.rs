@@ -1,7 +1,10 @@
 //! Test support shared by the crates' tests: where the SmolLM2 test model and the golden
 //! fixtures are, and how a generation is compared against them (as
 //! ../shared/fixtures/smollm2/README.md says). Panics are the point here: a missing
-//! fixture fails the test that needs it, loudly, never skips it.
+//! fixture fails the test that needs it, loudly, never skips it. Also [`greedy`]:
+//! greedy decoding straight on a [`wick_models::Model`], without the engine.
+
+pub mod greedy;
 
 use serde::Deserialize;
 use std::path::PathBuf;

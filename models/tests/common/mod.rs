@@ -10,8 +10,8 @@ pub use wick_test_support::{
 };
 
 use candle_core::{DType, Device};
-use wick_models::llama::log_softmax;
-use wick_models::{KvCache, LlamaModel, LoadedModel, ModelInput, SequenceChunk};
+use wick_models::{KvCache, LoadedModel, Model, ModelInput, SequenceChunk};
+use wick_test_support::greedy::log_softmax;
 
 pub fn load_smollm2(dtype: DType) -> LoadedModel {
     wick_models::load(
@@ -53,13 +53,7 @@ impl Seq {
 /// Runs every sequence to completion, all of them in each step, prefill in chunks of
 /// `chunk` tokens. Sequences may start with `computed > 0` when their first blocks are
 /// shared with (and already filled by) another sequence.
-pub fn run_batch(
-    model: &LlamaModel,
-    cache: &mut KvCache,
-    seqs: &mut [Seq],
-    chunk: usize,
-    eos: u32,
-) {
+pub fn run_batch(model: &Model, cache: &mut KvCache, seqs: &mut [Seq], chunk: usize, eos: u32) {
     loop {
         let active: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].done(eos)).collect();
         if active.is_empty() {
