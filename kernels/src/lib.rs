@@ -1,6 +1,6 @@
 //! wick-kernels: wick's own tensor ops, each a candle op with a CPU reference
-//! implementation that the CUDA kernels (to come, under the `cuda` feature) are checked
-//! against.
+//! implementation that the CUDA kernels (kernels/*.cu, under the `cuda` feature) are
+//! checked against.
 //!
 //! The ops work over the paged KV cache. Per layer there is one key and one value tensor,
 //! both `[num_blocks, block_size, num_kv_heads, head_dim]`, contiguous (FlashAttention's

@@ -76,9 +76,4 @@ impl KvCache {
             num_blocks,
         })
     }
-
-    /// Total tokens the cache can hold.
-    pub fn capacity_tokens(&self) -> usize {
-        self.num_blocks * self.block_size
-    }
 }

@@ -17,16 +17,6 @@ impl ModelRunner {
         Self { model, cache }
     }
 
-    /// The model.
-    pub fn model(&self) -> &LlamaModel {
-        &self.model
-    }
-
-    /// The KV cache storage.
-    pub fn cache(&self) -> &KvCache {
-        &self.cache
-    }
-
     /// Runs `seqs` as one batch; returns f32 logits `[seqs.len(), vocab]` on the CPU,
     /// one row per sequence (rows of sequences not sampled this step are computed but
     /// ignored by the caller).
