@@ -2,6 +2,7 @@
 //! head shapes (32 query heads, 8 kv heads, head_dim 128), block size 16.
 //!
 //! `cargo run --release -p wick-kernels --example paged_attention_bench [f32|f16|bf16]`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::time::Instant;

@@ -2,6 +2,7 @@
 //! prompt of `--prompt-len` tokens, and single-stream greedy decode throughput.
 //!
 //! `cargo run --release -p wick-models --example forward_bench -- MODEL [PROMPT_LEN] [DECODE] [DTYPE]`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
 use wick_models::{KvCache, LoadOptions, ModelInput, SequenceChunk};

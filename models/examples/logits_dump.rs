@@ -8,6 +8,7 @@
 //! (`{"device", "dtype", "vocab", "seqs": [{"prompt": [...], "generated": [...]}]}`) and
 //! `OUT_PREFIX.f32`: for each sequence in order, DECODE rows of `vocab` little-endian f32
 //! logits; row i is what generated token i was the argmax of.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use wick_models::{KvCache, LoadOptions, ModelInput, SequenceChunk};

@@ -3,6 +3,7 @@
 //! own unpaged implementation of that architecture: so qkv bias (Qwen2), q/k RMSNorm
 //! (Qwen3), tied embeddings, llama3 rope scaling and Mistral's sliding window are really
 //! applied. Also: clear errors for bad checkpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! permutation of q/k rows load into the same model as the Hugging Face checkpoint of the
 //! same weights: exactly when stored as F32, and within quantization error for every
 //! supported quantized type (F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

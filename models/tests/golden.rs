@@ -2,6 +2,7 @@
 //! in ../shared/fixtures/smollm2/golden.json: tokenizer ids, greedy tokens and logprobs,
 //! one case at a time, all together as one ragged batch, with prefill chunked by 7 tokens,
 //! and with sequences sharing a prefix's blocks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

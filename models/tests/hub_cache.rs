@@ -2,6 +2,7 @@
 //! network): HF_HOME + HF_HUB_OFFLINE=1, by branch and by commit, and a missing file is
 //! an error naming the repository and the file. One test in this binary because it sets
 //! process-wide environment variables.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

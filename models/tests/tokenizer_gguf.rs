@@ -6,6 +6,7 @@
 //!   model file: run `scripts/fetch-test-model.sh` (or set WICK_SMOLLM2_GGUF).
 //! - Small hand-made vocabularies for the other pre-tokenizers, the SentencePiece
 //!   (`llama`) model and malformed metadata.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -3,6 +3,7 @@
 //! ../shared/fixtures/smollm2/README.md says). Panics are the point here: a missing
 //! fixture fails the test that needs it, loudly, never skips it. Also [`greedy`]:
 //! greedy decoding straight on a [`wick_models::Model`], without the engine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod greedy;
 

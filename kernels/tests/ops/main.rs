@@ -3,6 +3,7 @@
 //! Every test body is a function of a `&Device`; `device_tests!` runs it on the CPU, and on
 //! CUDA device 0 as well when the `cuda` feature is on, so the same checks hold the CUDA
 //! kernels to the CPU reference's results.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
