@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind, Value};
@@ -154,111 +153,28 @@ fn raise_exception(message: String) -> Result<Value, Error> {
 
 /// `strftime_now(format)`: the current UTC time formatted like Python's `strftime`.
 fn strftime_now(format: String) -> Result<String, Error> {
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    strftime(&format, seconds)
+    strftime(&format, chrono::Utc::now())
 }
 
-/// Formats `unix_seconds` (UTC) with the common `strftime` directives.
-fn strftime(format: &str, unix_seconds: u64) -> Result<String, Error> {
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    let days = unix_seconds / 86_400;
-    let secs = unix_seconds % 86_400;
-    let (hour, minute, second) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let (year, month, day) = civil_from_days(days as i64);
-    let weekday = ((days + 3) % 7) as usize; // 1970-01-01 was a Thursday (index 3).
-    let day_of_year = days as i64 - days_from_civil(year, 1, 1) + 1;
-    let month_name = MONTHS[(month - 1) as usize];
-    let mut out = String::with_capacity(format.len() + 16);
-    let mut chars = format.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let directive = chars.next().ok_or_else(|| {
-            Error::new(ErrorKind::InvalidOperation, "strftime format ends with '%'")
+/// Formats `time` with Python's (C's) `strftime` directives, through chrono; an unknown
+/// directive or a dangling `%` is an error, never a panic.
+fn strftime(format: &str, time: chrono::DateTime<chrono::Utc>) -> Result<String, Error> {
+    let items = chrono::format::StrftimeItems::new(format)
+        .parse()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("unsupported strftime format {format:?}: {e}"),
+            )
         })?;
-        // Writing to a String cannot fail.
-        let _ = match directive {
-            'Y' => write!(out, "{year}"),
-            'y' => write!(out, "{:02}", year.rem_euclid(100)),
-            'm' => write!(out, "{month:02}"),
-            'd' => write!(out, "{day:02}"),
-            'e' => write!(out, "{day:>2}"),
-            'H' => write!(out, "{hour:02}"),
-            'I' => write!(out, "{:02}", (hour + 11) % 12 + 1),
-            'p' => write!(out, "{}", if hour < 12 { "AM" } else { "PM" }),
-            'M' => write!(out, "{minute:02}"),
-            'S' => write!(out, "{second:02}"),
-            'j' => write!(out, "{day_of_year:03}"),
-            'A' => write!(out, "{}", DAYS[weekday]),
-            'a' => write!(out, "{}", &DAYS[weekday][..3]),
-            'B' => write!(out, "{month_name}"),
-            'b' | 'h' => write!(out, "{}", &month_name[..3]),
-            'F' => write!(out, "{year}-{month:02}-{day:02}"),
-            'T' => write!(out, "{hour:02}:{minute:02}:{second:02}"),
-            'Z' => write!(out, "UTC"),
-            'z' => write!(out, "+0000"),
-            '%' => write!(out, "%"),
-            other => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("unsupported strftime directive %{other}"),
-                ))
-            }
-        };
-    }
+    let mut out = String::with_capacity(format.len() + 16);
+    write!(out, "{}", time.format_with_items(items.iter())).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("cannot format the date with {format:?}"),
+        )
+    })?;
     Ok(out)
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Days since 1970-01-01 of a civil date (inverse of [`civil_from_days`]).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// `tojson(indent=None, sort_keys=False, ensure_ascii=False, separators=None)`, formatted
@@ -547,13 +463,32 @@ mod tests {
 
     #[test]
     fn strftime_formats_utc() {
+        let at = |secs| chrono::DateTime::from_timestamp(secs, 0).unwrap();
         // 2024-02-29 13:05:09 UTC, a Thursday.
-        let t = 1_709_211_909;
+        let t = at(1_709_211_909);
         assert_eq!(
             strftime("%Y-%m-%d %H:%M:%S %a %A %b %B %j %I%p %y %e %%", t).unwrap(),
             "2024-02-29 13:05:09 Thu Thursday Feb February 060 01PM 24 29 %"
         );
-        assert_eq!(strftime("%d %b %Y", 0).unwrap(), "01 Jan 1970");
-        assert!(strftime("%Q", 0).is_err());
+        assert_eq!(strftime("%d %b %Y", at(0)).unwrap(), "01 Jan 1970");
+        assert_eq!(strftime("%Y-%m-%d", t).unwrap(), "2024-02-29");
+        assert_eq!(
+            strftime("%F %T %Z %z %h", t).unwrap(),
+            "2024-02-29 13:05:09 UTC +0000 Feb"
+        );
+        // Single-digit day space-padded by %e, zero-padded by %d; midnight is 12AM.
+        let t = at(1_704_067_200 + 4 * 86_400); // 2024-01-05 00:00:00, a Friday.
+        assert_eq!(strftime("%e|%d|%I %p|%A", t).unwrap(), " 5|05|12 AM|Friday");
+        assert!(strftime("%Q", at(0)).is_err());
+        assert!(strftime("100%", at(0)).is_err());
+    }
+
+    #[test]
+    fn strftime_now_in_a_template() {
+        let year = || chrono::Utc::now().format("%Y").to_string();
+        let before = year();
+        let out = render("{{ strftime_now('%Y') }}", &[]).unwrap();
+        assert!(out == before || out == year(), "{out}");
+        assert!(render("{{ strftime_now('%Q') }}", &[]).is_err());
     }
 }
