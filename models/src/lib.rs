@@ -31,6 +31,5 @@ pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use input::{ModelInput, SequenceChunk};
 pub use kv_cache::{KvCache, DEFAULT_BLOCK_SIZE};
-pub use llama::LlamaModel;
 pub use loader::{load, LoadOptions, LoadedModel, SpecialTokens};
 pub use model::Model;

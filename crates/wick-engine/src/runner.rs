@@ -3,17 +3,17 @@
 
 use crate::scheduler::{ScheduledSeq, SchedulerOutput};
 use candle_core::Tensor;
-use wick_models::{KvCache, LlamaModel, ModelInput, SequenceChunk};
+use wick_models::{KvCache, Model, ModelInput, SequenceChunk};
 
 /// Owns the model and its KV cache storage.
 pub struct ModelRunner {
-    model: LlamaModel,
+    model: Model,
     cache: KvCache,
 }
 
 impl ModelRunner {
     /// A runner over `model` and its `cache`.
-    pub fn new(model: LlamaModel, cache: KvCache) -> Self {
+    pub fn new(model: Model, cache: KvCache) -> Self {
         Self { model, cache }
     }
 
