@@ -4,7 +4,10 @@
 //!
 //! Owns every unfinished [`Sequence`] and the [`KvCacheManager`]. A step is
 //! [`Scheduler::schedule`] -> run the model on the [`SchedulerOutput`] -> sample ->
-//! [`Scheduler::update_from_output`] -> the caller's stop checks ([`Scheduler::finish`]).
+//! [`Scheduler::update_from_output`], which appends the sampled tokens and applies every
+//! stop rule (eos, stop token ids, min_tokens, max_tokens, the context length; see
+//! [`StopConfig`]) in one place. Only stop strings, which need text, end a sequence from
+//! outside ([`Scheduler::finish`]).
 //!
 //! Policy: running sequences first, in arrival order, each getting the rest of its known
 //! tokens (1 when decoding) up to the budget; then waiting ones in arrival order, with
@@ -28,8 +31,9 @@ mod tests;
 #[cfg(test)]
 mod tests_prop;
 
+pub use output::check_context;
 pub use output::{ScheduledSeq, SchedulerConfig, SchedulerOutput, SchedulerStats, SeqUpdate};
-pub use sequence::{SeqStatus, Sequence};
+pub use sequence::{SeqStatus, Sequence, StopConfig};
 
 pub use crate::kv::SeqId;
 
@@ -82,8 +86,8 @@ impl Scheduler {
 
     /// Queues `seq` behind every earlier one. Refuses, before queuing, an empty prompt or
     /// `max_tokens == 0` (`InvalidRequest`), prompt + max_tokens beyond `max_model_len` or
-    /// beyond the whole cache (`TooLong`, which no waiting can cure), or an id already
-    /// queued (`Internal`).
+    /// beyond the whole cache (`TooLong` from [`check_context`], which no waiting can
+    /// cure), or an id already queued (`Internal`).
     pub fn add_request(&mut self, mut seq: Sequence) -> Result<(), WickError> {
         let prompt = seq.num_tokens();
         if prompt == 0 {
@@ -95,28 +99,7 @@ impl Scheduler {
         if seq.max_tokens == 0 {
             return Err(WickError::invalid_param("max_tokens", "must be at least 1"));
         }
-        let total = prompt.saturating_add(seq.max_tokens);
-        let too_long = |limit: String| {
-            let msg = format!(
-                "the prompt's {prompt} tokens plus max_tokens {} make {total} tokens, more \
-                 than {limit}",
-                seq.max_tokens
-            );
-            Err(WickError::new(ErrorKind::TooLong, msg))
-        };
-        if total > self.config.max_model_len {
-            let len = self.config.max_model_len;
-            return too_long(format!("the model's context length of {len} tokens"));
-        }
-        if total > self.config.cache_tokens() {
-            let c = &self.config;
-            return too_long(format!(
-                "the KV cache's {} tokens ({} blocks of {})",
-                c.cache_tokens(),
-                c.num_blocks,
-                c.block_size
-            ));
-        }
+        self.config.check_context(prompt, seq.max_tokens)?;
         if self.seqs.contains_key(&seq.id) {
             return Err(WickError::internal(format!("{} is already queued", seq.id)));
         }
@@ -224,12 +207,14 @@ impl Scheduler {
 
     /// Applies a step's results: every scheduled sequence's `num_computed_tokens`
     /// advances by its tokens, and each sampled one gets its token from `sampled` (the
-    /// runner's `(seq, token)` for the entries of `output` with `sample`). A sequence
-    /// reaching max_tokens is finished with `Length` and freed. Returns the appended
-    /// tokens in `output` order; the caller then applies eos / stop tokens / min_tokens
-    /// with [`Scheduler::finish`]. Sequences finished or aborted since `output` are
-    /// skipped. A sampled entry missing from `sampled` keeps its last token uncomputed,
-    /// so it is recomputed and sampled next step.
+    /// runner's `(seq, token)` for the entries of `output` with `sample`), and every stop
+    /// rule is applied here: a stop id of its [`StopConfig`] (eos unless ignore_eos, the
+    /// request's stop token ids; not before min_tokens) finishes it with `Stop`, else
+    /// reaching max_tokens or `max_model_len` with `Length`; a finished sequence is freed
+    /// at once. Returns the appended tokens in `output` order, each with its finish
+    /// reason, for the caller to forward. Sequences finished or aborted since `output`
+    /// are skipped. A sampled entry missing from `sampled` keeps its last token
+    /// uncomputed, so it is recomputed and sampled next step.
     pub fn update_from_output(
         &mut self,
         output: &SchedulerOutput,
@@ -257,8 +242,7 @@ impl Scheduler {
                 continue;
             };
             seq.token_ids.push(token);
-            let finish =
-                (seq.output_token_ids().len() >= seq.max_tokens).then_some(FinishReason::Length);
+            let finish = stop_reason(seq, token, self.config.max_model_len);
             updates.push(SeqUpdate {
                 seq: s.seq,
                 token,
@@ -419,6 +403,19 @@ impl Scheduler {
             .waiting
             .partition_point(|w| seqs.get(w).is_some_and(|s| s.arrival < arrival));
         self.waiting.insert(at, id);
+    }
+}
+
+/// Why `seq` ends now that `token` was appended to it, if it does: a stop id (from
+/// min_tokens on) before the length limits, so a stop token sampled last reads `Stop`.
+fn stop_reason(seq: &Sequence, token: u32, max_model_len: usize) -> Option<FinishReason> {
+    let num_output = seq.output_token_ids().len();
+    if seq.stop.is_stop(token, num_output) {
+        Some(FinishReason::Stop)
+    } else if num_output >= seq.max_tokens || seq.num_tokens() >= max_model_len {
+        Some(FinishReason::Length)
+    } else {
+        None
     }
 }
 

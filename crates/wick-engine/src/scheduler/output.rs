@@ -2,7 +2,7 @@
 //! step ([`SchedulerOutput`], the only thing a runner sees), what a step produced
 //! ([`SeqUpdate`]), and counters for metrics ([`SchedulerStats`]).
 
-use wick_core::{FinishReason, WickError};
+use wick_core::{ErrorKind, FinishReason, WickError};
 
 use crate::kv::{BlockId, SeqId};
 
@@ -47,6 +47,18 @@ impl SchedulerConfig {
         self.num_blocks.saturating_mul(self.block_size)
     }
 
+    /// Whether `prompt_tokens + max_tokens` fits the model's context and the whole cache
+    /// (see [`check_context`]).
+    pub fn check_context(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), WickError> {
+        check_context(
+            prompt_tokens,
+            max_tokens,
+            self.max_model_len,
+            self.num_blocks,
+            self.block_size,
+        )
+    }
+
     /// Checks that every limit is usable; the error names the field.
     pub fn validate(&self) -> Result<(), WickError> {
         let positive = [
@@ -71,6 +83,38 @@ impl SchedulerConfig {
         }
         Ok(())
     }
+}
+
+/// The one rule deciding the context limit, used by the engine handle's submit, the
+/// scheduler's admission and the HTTP routes (through `EngineInfo::check_context`): a
+/// request of `prompt_tokens` that may generate `max_tokens` must fit both the model's
+/// context (`max_model_len`) and the whole KV cache (`num_blocks * block_size`), or no
+/// amount of waiting can serve it. The error is `TooLong`, with one message text.
+pub fn check_context(
+    prompt_tokens: usize,
+    max_tokens: usize,
+    max_model_len: usize,
+    num_blocks: usize,
+    block_size: usize,
+) -> Result<(), WickError> {
+    let total = prompt_tokens.saturating_add(max_tokens);
+    let cache_tokens = num_blocks.saturating_mul(block_size);
+    let limit = max_model_len.min(cache_tokens);
+    if total <= limit {
+        return Ok(());
+    }
+    let why = if cache_tokens < max_model_len {
+        format!(" (the KV cache holds {num_blocks} blocks of {block_size} tokens)")
+    } else {
+        String::new()
+    };
+    Err(WickError::new(
+        ErrorKind::TooLong,
+        format!(
+            "this model's maximum context length is {limit} tokens{why}; the prompt has \
+             {prompt_tokens} tokens and max_tokens is {max_tokens} ({total} in all)"
+        ),
+    ))
 }
 
 /// One sequence's work in a step.
@@ -100,18 +144,6 @@ impl ScheduledSeq {
     /// Positions of `token_ids`.
     pub fn positions(&self) -> std::ops::Range<usize> {
         self.num_computed_tokens..self.seq_len()
-    }
-
-    /// Cache slot of each of `token_ids` (`block * block_size + offset`), for writing its
-    /// K/V. `None` only if the block table were too short, which the scheduler prevents.
-    pub fn slot_mapping(&self, block_size: usize) -> Option<Vec<u64>> {
-        let bs = block_size.max(1);
-        self.positions()
-            .map(|p| {
-                let block = *self.block_table.get(p / bs)?;
-                Some(u64::from(block) * bs as u64 + (p % bs) as u64)
-            })
-            .collect()
     }
 }
 
@@ -145,7 +177,8 @@ pub struct SeqUpdate {
     pub seq: SeqId,
     /// The sampled token, now its last output token.
     pub token: u32,
-    /// `Some(Length)` when it reached max_tokens and is finished (freed already).
+    /// Set when this token ended the sequence (freed already): `Stop` for eos or a stop
+    /// token id (from min_tokens on), `Length` for max_tokens or the context length.
     pub finish: Option<FinishReason>,
 }
 

@@ -1,11 +1,13 @@
-//! `Sequence`: one completion's known tokens (prompt, then output) and its progress.
+//! `Sequence`: one completion's known tokens (prompt, then output), its progress, and
+//! the rules that end it ([`StopConfig`], applied by the scheduler's
+//! `update_from_output`, the one place every stop rule is decided).
 //!
 //! Invariants, kept by the scheduler: `num_computed_tokens <= num_tokens()`; a sequence
 //! that is not running holds no KV blocks and has `num_computed_tokens == 0`; output
 //! tokens are only appended, and survive preemption (they are recomputed as a prefill
 //! on resumption).
 
-use wick_core::FinishReason;
+use wick_core::{FinishReason, SamplingParams};
 
 use crate::kv::SeqId;
 
@@ -22,6 +24,49 @@ pub enum SeqStatus {
     Finished(FinishReason),
 }
 
+/// The token-level rules that end a sequence before max_tokens: eos (unless
+/// `ignore_eos`) and the request's stop token ids, neither before `min_tokens` tokens.
+/// Stop strings are the frontend's (it ends a completion through the engine handle).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopConfig {
+    /// Tokens that end the sequence: eos ids (unless `ignore_eos`) and `stop_token_ids`.
+    stop_ids: Vec<u32>,
+    /// Output tokens before which a stop id does not end the sequence.
+    min_tokens: usize,
+}
+
+impl StopConfig {
+    /// The rules of `params` for a model whose end-of-sequence ids are `eos_token_ids`.
+    pub fn new(params: &SamplingParams, eos_token_ids: &[u32]) -> Self {
+        let mut stop_ids = params.stop_token_ids.clone();
+        if !params.ignore_eos {
+            stop_ids.extend_from_slice(eos_token_ids);
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        Self {
+            stop_ids,
+            min_tokens: params.min_tokens,
+        }
+    }
+
+    /// Every token id that ends the sequence (sorted): the sampler holds these back while
+    /// fewer than `min_tokens` were generated.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// Output tokens before which no stop id ends the sequence.
+    pub fn min_tokens(&self) -> usize {
+        self.min_tokens
+    }
+
+    /// Whether `token`, the `num_output`-th output token, ends the sequence.
+    pub fn is_stop(&self, token: u32, num_output: usize) -> bool {
+        num_output >= self.min_tokens && self.stop_ids.binary_search(&token).is_ok()
+    }
+}
+
 /// One sequence: each of a request's `n` completions is its own.
 #[derive(Debug, Clone)]
 pub struct Sequence {
@@ -32,13 +77,15 @@ pub struct Sequence {
     pub(super) num_computed_tokens: usize,
     pub(super) max_tokens: usize,
     pub(super) extra_key: Option<u64>,
+    pub(super) stop: StopConfig,
     pub(super) arrival: u64,
     pub(super) status: SeqStatus,
     pub(super) num_preemptions: u32,
 }
 
 impl Sequence {
-    /// A new waiting sequence generating at most `max_tokens` after `prompt_token_ids`.
+    /// A new waiting sequence generating at most `max_tokens` after `prompt_token_ids`,
+    /// with no stop tokens (see [`Sequence::with_stop`]).
     pub fn new(id: SeqId, prompt_token_ids: Vec<u32>, max_tokens: usize) -> Self {
         Self {
             id,
@@ -47,6 +94,7 @@ impl Sequence {
             num_computed_tokens: 0,
             max_tokens,
             extra_key: None,
+            stop: StopConfig::default(),
             arrival: 0,
             status: SeqStatus::Waiting,
             num_preemptions: 0,
@@ -58,6 +106,17 @@ impl Sequence {
     pub fn with_extra_key(mut self, extra_key: Option<u64>) -> Self {
         self.extra_key = extra_key;
         self
+    }
+
+    /// Sets the rules that end it early (eos, stop token ids, min_tokens).
+    pub fn with_stop(mut self, stop: StopConfig) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// The rules that end it early.
+    pub fn stop(&self) -> &StopConfig {
+        &self.stop
     }
 
     /// Its id.

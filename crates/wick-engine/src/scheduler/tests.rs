@@ -32,7 +32,7 @@ fn step(s: &mut Scheduler) -> (SchedulerOutput, Vec<SeqUpdate>) {
     assert!(sum <= c.max_num_batched_tokens && out.scheduled.len() <= c.max_num_seqs);
     for x in &out.scheduled {
         assert!(x.block_table.len() * c.block_size >= x.seq_len());
-        assert!(x.slot_mapping(c.block_size).is_some());
+        assert!(slot_mapping(x, c.block_size).is_some());
     }
     let sampled: Vec<_> = out
         .to_sample()
@@ -41,6 +41,18 @@ fn step(s: &mut Scheduler) -> (SchedulerOutput, Vec<SeqUpdate>) {
     let ups = s.update_from_output(&out, &sampled);
     s.check_invariants().unwrap();
     (out, ups)
+}
+
+/// Cache slot of each of `x.token_ids` (`block * block_size + offset`), as the model
+/// input builds it; `None` if the block table were too short.
+pub(super) fn slot_mapping(x: &ScheduledSeq, block_size: usize) -> Option<Vec<u64>> {
+    let bs = block_size.max(1);
+    x.positions()
+        .map(|p| {
+            let block = *x.block_table.get(p / bs)?;
+            Some(u64::from(block) * bs as u64 + (p % bs) as u64)
+        })
+        .collect()
 }
 
 fn shape(out: &SchedulerOutput) -> Vec<(SeqId, usize, usize, bool)> {
@@ -342,4 +354,146 @@ fn failed_step_forgets_hashes_and_recomputes() {
     assert_eq!(s.stats().num_preemptions, 0);
     let (out, _) = step(&mut s);
     assert_eq!(shape(&out), vec![(a, 0, 9, true), (b, 8, 1, true)]);
+}
+
+/// One step in which every sampled sequence gets `token`; returns its updates.
+fn step_sampling(s: &mut Scheduler, token: u32) -> Vec<SeqUpdate> {
+    let out = s.schedule();
+    let sampled: Vec<_> = out.to_sample().map(|x| (x.seq, token)).collect();
+    let ups = s.update_from_output(&out, &sampled);
+    s.check_invariants().unwrap();
+    ups
+}
+
+const EOS: u32 = 2;
+
+/// A scheduler holding one sequence `sid(1, 0)` of 4 prompt tokens, with `params`' stop
+/// rules for a model whose eos is [`EOS`].
+fn one_seq(params: wick_core::SamplingParams) -> Scheduler {
+    let mut s = Scheduler::new(config(64, 4, 64)).unwrap();
+    let stop = StopConfig::new(&params, &[EOS]);
+    let seq = Sequence::new(sid(1, 0), prompt(100, 4), params.max_tokens).with_stop(stop);
+    s.add_request(seq).unwrap();
+    s
+}
+
+fn finishes(ups: &[SeqUpdate]) -> Vec<(u32, Option<FinishReason>)> {
+    ups.iter().map(|u| (u.token, u.finish)).collect()
+}
+
+#[test]
+fn eos_finishes_with_stop_and_frees_blocks() {
+    let mut s = one_seq(wick_core::SamplingParams::greedy(10));
+    assert_eq!(finishes(&step_sampling(&mut s, 7)), vec![(7, None)]);
+    assert_eq!(
+        finishes(&step_sampling(&mut s, EOS)),
+        vec![(EOS, Some(FinishReason::Stop))]
+    );
+    assert!(!s.has_unfinished());
+    assert_eq!(s.kv().num_free_blocks(), 64);
+}
+
+#[test]
+fn a_stop_token_id_finishes_with_stop() {
+    let params = wick_core::SamplingParams {
+        stop_token_ids: vec![42],
+        ..wick_core::SamplingParams::greedy(10)
+    };
+    let mut s = one_seq(params);
+    assert_eq!(finishes(&step_sampling(&mut s, 41)), vec![(41, None)]);
+    assert_eq!(
+        finishes(&step_sampling(&mut s, 42)),
+        vec![(42, Some(FinishReason::Stop))]
+    );
+    assert!(!s.has_unfinished());
+}
+
+#[test]
+fn min_tokens_holds_eos_and_stop_ids_back() {
+    let params = wick_core::SamplingParams {
+        min_tokens: 3,
+        stop_token_ids: vec![42],
+        ..wick_core::SamplingParams::greedy(10)
+    };
+    let mut s = one_seq(params);
+    assert_eq!(finishes(&step_sampling(&mut s, EOS)), vec![(EOS, None)]);
+    assert_eq!(finishes(&step_sampling(&mut s, 42)), vec![(42, None)]);
+    assert_eq!(
+        finishes(&step_sampling(&mut s, EOS)),
+        vec![(EOS, Some(FinishReason::Stop))]
+    );
+    assert!(!s.has_unfinished());
+}
+
+#[test]
+fn ignore_eos_keeps_going_but_stop_ids_still_stop() {
+    let params = wick_core::SamplingParams {
+        ignore_eos: true,
+        stop_token_ids: vec![42],
+        ..wick_core::SamplingParams::greedy(10)
+    };
+    let mut s = one_seq(params.clone());
+    for _ in 0..3 {
+        assert_eq!(finishes(&step_sampling(&mut s, EOS)), vec![(EOS, None)]);
+    }
+    assert_eq!(
+        finishes(&step_sampling(&mut s, 42)),
+        vec![(42, Some(FinishReason::Stop))]
+    );
+    // eos until max_tokens: Length.
+    let mut s = one_seq(wick_core::SamplingParams {
+        max_tokens: 2,
+        ..params
+    });
+    assert_eq!(finishes(&step_sampling(&mut s, EOS)), vec![(EOS, None)]);
+    assert_eq!(
+        finishes(&step_sampling(&mut s, EOS)),
+        vec![(EOS, Some(FinishReason::Length))]
+    );
+}
+
+#[test]
+fn length_at_max_tokens_and_the_context_limit_a_stop_token_last_reads_stop() {
+    let mut s = one_seq(wick_core::SamplingParams::greedy(2));
+    assert_eq!(finishes(&step_sampling(&mut s, 7)), vec![(7, None)]);
+    assert_eq!(
+        finishes(&step_sampling(&mut s, 8)),
+        vec![(8, Some(FinishReason::Length))]
+    );
+    assert!(!s.has_unfinished());
+    let mut s = one_seq(wick_core::SamplingParams::greedy(2));
+    step_sampling(&mut s, 7);
+    assert_eq!(
+        finishes(&step_sampling(&mut s, EOS)),
+        vec![(EOS, Some(FinishReason::Stop))]
+    );
+    // The model's context: 4 prompt + 2 output tokens fill max_model_len = 6.
+    let mut c = config(64, 4, 64);
+    c.max_model_len = 6;
+    let mut s = Scheduler::new(c).unwrap();
+    s.add_request(Sequence::new(sid(1, 0), prompt(0, 4), 2))
+        .unwrap();
+    step_sampling(&mut s, 7);
+    assert_eq!(
+        finishes(&step_sampling(&mut s, 8)),
+        vec![(8, Some(FinishReason::Length))]
+    );
+    assert!(!s.has_unfinished());
+}
+
+#[test]
+fn one_message_for_the_context_limit() {
+    let e = check_context(10, 3, 12, 100, 4).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TooLong);
+    assert_eq!(
+        e.message,
+        "this model's maximum context length is 12 tokens; the prompt has 10 tokens and \
+         max_tokens is 3 (13 in all)"
+    );
+    let e = check_context(10, 7, 100, 4, 4).unwrap_err();
+    assert!(e
+        .message
+        .contains("is 16 tokens (the KV cache holds 4 blocks of 4 tokens)"));
+    assert!(check_context(10, 2, 12, 3, 4).is_ok());
+    assert!(check_context(usize::MAX, 2, 12, 3, 4).is_err());
 }
