@@ -5,9 +5,19 @@
 //! batch. Logprobs (chosen and top-N alternatives) are those of the model's raw
 //! distribution, as vLLM reports them by default.
 //!
+//! A sequence may carry a [`LogitsProcessor`] ([`processor`]): its
+//! [`SamplingConstraint`] (allowed-token bitset, bias list) is applied where logit_bias
+//! is, and it is told every token sampled.
+//!
 //! Allocation: each row works in a [`SampleScratch`] reused across rows and steps; the
 //! full vocabulary is never sorted (top-k/top-p select candidates with a partial
 //! selection first).
+
+mod processor;
+#[cfg(test)]
+mod tests;
+
+pub use processor::{LogitsProcessor, LogitsProcessorFactory, SamplingConstraint, TokenBitset};
 
 use std::collections::HashMap;
 use wick_core::{SamplingParams, TokenLogprobs};
@@ -52,8 +62,8 @@ impl SeqRng {
 }
 
 /// Per-sequence sampling state, kept by the engine for the sequence's lifetime
-/// (including across preemptions).
-#[derive(Debug, Clone)]
+/// (including across preemptions): the random stream, the penalty state, and the
+/// sequence's logits processor, if any.
 pub struct SeqSamplingState {
     /// The sequence's random stream.
     pub rng: SeqRng,
@@ -64,6 +74,21 @@ pub struct SeqSamplingState {
     pub prompt_tokens: Vec<u32>,
     /// Tokens generated so far.
     pub num_generated: usize,
+    /// The tokens generated so far, kept when a processor wants them.
+    generated: Vec<u32>,
+    processor: Option<Box<dyn LogitsProcessor>>,
+}
+
+impl std::fmt::Debug for SeqSamplingState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeqSamplingState")
+            .field("rng", &self.rng)
+            .field("output_counts", &self.output_counts)
+            .field("prompt_tokens", &self.prompt_tokens)
+            .field("num_generated", &self.num_generated)
+            .field("processor", &self.processor.is_some())
+            .finish()
+    }
 }
 
 impl SeqSamplingState {
@@ -82,13 +107,31 @@ impl SeqSamplingState {
                 Vec::new()
             },
             num_generated: 0,
+            generated: Vec::new(),
+            processor: None,
         }
     }
 
-    /// Records a generated token.
+    /// The same state with `processor` constraining every step (`None`: none).
+    pub fn with_processor(mut self, processor: Option<Box<dyn LogitsProcessor>>) -> Self {
+        self.processor = processor;
+        self
+    }
+
+    /// The processor's constraint for the next token, if there is a processor.
+    pub fn constraint(&mut self) -> Option<SamplingConstraint> {
+        let generated = &self.generated;
+        (self.processor.as_mut()).map(|p| p.constraint(generated))
+    }
+
+    /// Records a generated token (and tells the processor).
     pub fn push(&mut self, token: u32) {
         *self.output_counts.entry(token).or_insert(0) += 1;
         self.num_generated += 1;
+        if let Some(p) = &mut self.processor {
+            p.accept(token);
+            self.generated.push(token);
+        }
     }
 }
 
@@ -121,6 +164,9 @@ pub fn sample_row(
     let logits = &mut scratch.logits;
     logits.clear();
     logits.extend_from_slice(raw);
+    if let Some(constraint) = state.constraint() {
+        constraint.apply(logits);
+    }
     for (&tok, &bias) in &params.logit_bias {
         if let Some(l) = logits.get_mut(tok as usize) {
             *l += bias;
@@ -294,142 +340,4 @@ fn raw_logprobs(
         top.extend(cands[..k].iter().map(|&(i, l)| (i, l - lse)));
     }
     TokenLogprobs { logprob, top }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state(params: &SamplingParams, seed: u64) -> SeqSamplingState {
-        SeqSamplingState::new(seed, 0, &[1, 2, 3], params)
-    }
-
-    fn draw(raw: &[f32], params: &SamplingParams, st: &mut SeqSamplingState) -> u32 {
-        sample_row(raw, params, st, &[0], &mut SampleScratch::default()).token
-    }
-
-    #[test]
-    fn greedy_takes_argmax_and_reports_raw_logprobs() {
-        let p = SamplingParams {
-            top_logprobs: 2,
-            ..SamplingParams::greedy(4)
-        };
-        let raw = [0.0, 3.0, 1.0, 2.0];
-        let s = sample_row(
-            &raw,
-            &p,
-            &mut state(&p, 0),
-            &[],
-            &mut SampleScratch::default(),
-        );
-        assert_eq!(s.token, 1);
-        let lp = s.logprobs.unwrap();
-        let lse = log_sum_exp(&raw);
-        assert!((lp.logprob - (3.0 - lse)).abs() < 1e-6);
-        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3]);
-    }
-
-    #[test]
-    fn logit_bias_and_min_tokens() {
-        let p = SamplingParams {
-            logit_bias: [(2u32, 50.0f32)].into_iter().collect(),
-            ..SamplingParams::greedy(4)
-        };
-        assert_eq!(draw(&[0.0, 3.0, 1.0], &p, &mut state(&p, 0)), 2);
-        let p = SamplingParams {
-            min_tokens: 1,
-            ..SamplingParams::greedy(4)
-        };
-        let mut st = state(&p, 0);
-        // eos (id 0 here) is best but held back for the first token only.
-        assert_eq!(draw(&[5.0, 1.0, 0.0], &p, &mut st), 1);
-        assert_eq!(draw(&[5.0, 1.0, 0.0], &p, &mut st), 0);
-    }
-
-    #[test]
-    fn penalties() {
-        let p = SamplingParams {
-            frequency_penalty: 2.0,
-            ..SamplingParams::greedy(8)
-        };
-        let mut st = state(&p, 0);
-        assert_eq!(draw(&[0.0, 3.0, 2.5], &p, &mut st), 1);
-        // token 1 now penalised by 2: 1.0 < 2.5
-        assert_eq!(draw(&[0.0, 3.0, 2.5], &p, &mut st), 2);
-        let p = SamplingParams {
-            repetition_penalty: 2.0,
-            ..SamplingParams::greedy(8)
-        };
-        // prompt holds 1, 2, 3: 3.0/2 = 1.5 < 2.0 (token 0 not in prompt)
-        let mut st = SeqSamplingState::new(0, 0, &[1, 2, 3], &p);
-        assert_eq!(draw(&[2.0, 3.0, 0.0, 0.0], &p, &mut st), 0);
-    }
-
-    #[test]
-    fn top_k_top_p_min_p_restrict_the_support() {
-        let raw: Vec<f32> = (0..1000).map(|i| -(i as f32) * 0.01).collect();
-        for (p, allowed) in [
-            (
-                SamplingParams {
-                    temperature: 1.0,
-                    top_k: 3,
-                    ..Default::default()
-                },
-                3u32,
-            ),
-            (
-                SamplingParams {
-                    temperature: 1.0,
-                    top_p: 0.05,
-                    ..Default::default()
-                },
-                60,
-            ),
-            (
-                SamplingParams {
-                    temperature: 1.0,
-                    min_p: 0.9,
-                    ..Default::default()
-                },
-                11,
-            ),
-        ] {
-            let mut st = state(&p, 7);
-            for _ in 0..300 {
-                let t = draw(&raw, &p, &mut st);
-                assert!(t < allowed, "{p:?} drew {t}");
-            }
-        }
-    }
-
-    #[test]
-    fn seeded_streams_repeat_and_differ_by_seed_and_index() {
-        let raw: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
-        let p = SamplingParams {
-            temperature: 1.0,
-            ..Default::default()
-        };
-        let run = |seed, index| {
-            let mut st = SeqSamplingState::new(seed, index, &[], &p);
-            (0..40).map(|_| draw(&raw, &p, &mut st)).collect::<Vec<_>>()
-        };
-        assert_eq!(run(42, 0), run(42, 0));
-        assert_ne!(run(42, 0), run(43, 0));
-        assert_ne!(run(42, 0), run(42, 1));
-    }
-
-    #[test]
-    fn sampling_follows_the_distribution() {
-        // p = [0.5, 0.25, 0.25]
-        let raw = [2f32.ln(), 0.0, 0.0];
-        let p = SamplingParams {
-            temperature: 1.0,
-            ..Default::default()
-        };
-        let mut st = state(&p, 1);
-        let n = 20_000;
-        let zeros = (0..n).filter(|_| draw(&raw, &p, &mut st) == 0).count();
-        let frac = zeros as f64 / n as f64;
-        assert!((frac - 0.5).abs() < 0.02, "{frac}");
-    }
 }
