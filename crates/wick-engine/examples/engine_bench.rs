@@ -5,6 +5,8 @@
 //!
 //! cargo run --release -p wick-engine --example engine_bench -- MODEL.gguf 1,4,16,64 [input_len] [output_len] [requests_per_client]
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Instant;
 use wick_core::{SamplingParams, TokenEvent};
 use wick_engine::{EngineConfig, EngineHandle, EngineRequest};
@@ -73,10 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut streams = vec![];
         let mut submitted = 0;
         while submitted < c.min(total) {
-            streams.push(engine.submit(EngineRequest {
-                prompt_token_ids: prompt(),
-                params: params.clone(),
-            })?);
+            streams.push(engine.submit(EngineRequest::new(prompt(), params.clone()))?);
             submitted += 1;
         }
         let mut finished = 0;
@@ -96,10 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             tpot.push((m.e2e_s - m.ttft_s) / (m.generation_tokens - 1) as f64);
                         }
                         if submitted < total {
-                            next.push(engine.submit(EngineRequest {
-                                prompt_token_ids: prompt(),
-                                params: params.clone(),
-                            })?);
+                            next.push(engine.submit(EngineRequest::new(prompt(), params.clone()))?);
                             submitted += 1;
                         }
                     }

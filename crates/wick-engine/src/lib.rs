@@ -14,5 +14,7 @@ pub mod sampler;
 pub mod scheduler;
 
 pub use engine::{
-    EngineConfig, EngineHandle, EngineInfo, EngineRequest, EngineStats, RequestStream,
+    DurationHistogram, EngineConfig, EngineHandle, EngineHealth, EngineInfo, EngineRequest,
+    EngineStats, Fault, RequestStream,
 };
+pub use sampler::{LogitsProcessor, LogitsProcessorFactory, SamplingConstraint, TokenBitset};

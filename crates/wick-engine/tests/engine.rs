@@ -4,6 +4,8 @@
 //!
 //! Needs the model file: run `scripts/fetch-test-model.sh` (or set WICK_SMOLLM2_GGUF).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use candle_core::{DType, Device};
 use std::time::{Duration, Instant};
 use wick_core::{FinishReason, RequestMetrics, SamplingParams, TokenEvent};
@@ -103,6 +105,7 @@ fn golden_cases_with_copies_preemption_chunking_and_prefix_hits() {
             let req = EngineRequest {
                 prompt_token_ids: c.prompt_token_ids.clone(),
                 params: SamplingParams::greedy(c.max_tokens),
+                ..Default::default()
             };
             streams.push((c, engine.submit(req).expect("submit")));
         }
@@ -116,6 +119,7 @@ fn golden_cases_with_copies_preemption_chunking_and_prefix_hits() {
                 n: 2,
                 ..SamplingParams::greedy(c0.max_tokens)
             },
+            ..Default::default()
         })
         .expect("submit n=2");
 
@@ -162,6 +166,7 @@ fn seeded_sampling_is_the_same_alone_and_in_a_batch_of_16() {
             ignore_eos: true,
             ..SamplingParams::default()
         },
+        ..Default::default()
     };
     let target = seeded(&cases[1].prompt_token_ids, 1234);
     let alone = collect(engine.submit(target.clone()).expect("submit"), 1);
@@ -214,6 +219,7 @@ fn dropping_50_streams_at_random_points_returns_every_block() {
                         seed: Some(i as u64),
                         ..SamplingParams::default()
                     },
+                    ..Default::default()
                 })
                 .expect("submit")
         })
@@ -252,5 +258,61 @@ fn dropping_50_streams_at_random_points_returns_every_block() {
     });
     assert_eq!(engine.num_queued(), 0, "{stats:?}");
     assert!(stats.steps > 0);
+    engine.shutdown();
+}
+
+/// Allows only the tokens of a fixed set and counts what it is told.
+struct OnlyTokens {
+    allowed: wick_engine::TokenBitset,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl wick_engine::LogitsProcessor for OnlyTokens {
+    fn constraint(&mut self, _generated: &[u32]) -> wick_engine::SamplingConstraint {
+        wick_engine::SamplingConstraint {
+            allowed: Some(self.allowed.clone()),
+            bias: vec![],
+        }
+    }
+
+    fn accept(&mut self, _token: u32) {
+        self.accepted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_logits_processor_confines_every_completion_of_a_request() {
+    let engine = start(|_| EngineConfig::default());
+    let vocab = engine.info().vocab_size;
+    let allowed_ids = [198u32, 314, 1000, 2222];
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let factory = move |_index: usize,
+                        _prompt: &[u32]|
+          -> Result<Box<dyn wick_engine::LogitsProcessor>, wick_core::WickError> {
+        Ok(Box::new(OnlyTokens {
+            allowed: wick_engine::TokenBitset::from_tokens(vocab, allowed_ids),
+            accepted: counter.clone(),
+        }))
+    };
+    let request = EngineRequest::new(
+        golden_cases()[0].prompt_token_ids.clone(),
+        SamplingParams {
+            n: 2,
+            temperature: 1.0,
+            seed: Some(5),
+            max_tokens: 12,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        },
+    )
+    .with_logits_processor(std::sync::Arc::new(factory));
+    let got = collect(engine.submit(request).expect("submit"), 2);
+    for tokens in &got.tokens {
+        assert_eq!(tokens.len(), 12);
+        assert!(tokens.iter().all(|t| allowed_ids.contains(t)), "{tokens:?}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 24);
     engine.shutdown();
 }

@@ -1,0 +1,283 @@
+//! The engine: the loop on its own OS thread (never inside tokio) and the handle that
+//! feeds it. One responsibility per file:
+//!
+//! - [`handle`]: [`EngineHandle`] (start, submit, health, stats) and [`RequestStream`];
+//! - `engine_loop`: the loop, one step = `schedule` -> `run` -> `postprocess`;
+//! - `request`: what the loop keeps per request (events channel, timing, metrics);
+//! - `queue`: the waiting-queue permit, given back when dropped;
+//! - [`health`]: liveness ([`EngineHealth`]) and step timing shared with the handle.
+//!
+//! This file holds the plain data around them: configuration, fixed facts, counters.
+
+mod engine_loop;
+pub mod handle;
+pub mod health;
+mod queue;
+mod request;
+
+pub use handle::{EngineHandle, RequestStream};
+pub use health::EngineHealth;
+
+use crate::sampler::LogitsProcessorFactory;
+use std::sync::Arc;
+use std::time::Duration;
+use wick_core::{SamplingParams, WickError};
+
+/// Default KV cache memory when none is given and the device's free memory is unknown.
+pub const DEFAULT_KV_CACHE_MEMORY: u64 = 1 << 30;
+
+/// Engine limits (each also a `wick serve` flag).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Most sequences running at once.
+    pub max_num_seqs: usize,
+    /// Token budget of one step.
+    pub max_num_batched_tokens: usize,
+    /// Most requests waiting to start; more are refused as overloaded.
+    pub max_waiting: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Bytes of KV cache; `None`: [`DEFAULT_KV_CACHE_MEMORY`].
+    pub kv_cache_memory: Option<u64>,
+    /// Longest prompt + completion; `None`: the model's context length.
+    pub max_model_len: Option<usize>,
+    /// Reuse full KV blocks across requests by prefix hash.
+    pub enable_prefix_caching: bool,
+    /// How long the engine may have work without completing a step before
+    /// [`EngineHandle::health`] reports it stalled.
+    pub stall_timeout: Duration,
+    /// Test-only fault injection (see [`Fault`]); `None` in any real deployment.
+    #[doc(hidden)]
+    pub fault: Option<Fault>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            max_num_batched_tokens: 2048,
+            max_waiting: 1024,
+            block_size: wick_models::DEFAULT_BLOCK_SIZE,
+            kv_cache_memory: None,
+            max_model_len: None,
+            enable_prefix_caching: true,
+            stall_timeout: Duration::from_secs(60),
+            fault: None,
+        }
+    }
+}
+
+/// Test-only fault injection, so that tests can drive the real loop into the failures
+/// health reporting exists for. Always compiled in the engine; only the `wick` binary's
+/// flag that sets it is behind a cargo feature. Steps count from 1.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The engine thread panics in model step `n`.
+    PanicAtStep(u64),
+    /// The engine thread blocks forever in model step `n`, as a hung kernel would.
+    StallAtStep(u64),
+}
+
+/// A generation request as the engine takes it: token ids, sampling parameters, and an
+/// optional logits processor per completion.
+#[derive(Clone, Default)]
+pub struct EngineRequest {
+    /// Prompt tokens (already templated and tokenized).
+    pub prompt_token_ids: Vec<u32>,
+    /// Sampling parameters (validated again on submit).
+    pub params: SamplingParams,
+    /// Makes one [`crate::sampler::LogitsProcessor`] per completion (of `n`), which
+    /// constrains every sampling step of it (structured output, tool calls); `None`:
+    /// unconstrained.
+    pub logits_processor: Option<Arc<dyn LogitsProcessorFactory>>,
+}
+
+impl EngineRequest {
+    /// A request for `prompt_token_ids` sampled with `params`, unconstrained.
+    pub fn new(prompt_token_ids: Vec<u32>, params: SamplingParams) -> Self {
+        Self {
+            prompt_token_ids,
+            params,
+            logits_processor: None,
+        }
+    }
+
+    /// The same request with `factory` making a logits processor per completion.
+    pub fn with_logits_processor(mut self, factory: Arc<dyn LogitsProcessorFactory>) -> Self {
+        self.logits_processor = Some(factory);
+        self
+    }
+}
+
+impl std::fmt::Debug for EngineRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineRequest")
+            .field("prompt_token_ids", &self.prompt_token_ids)
+            .field("params", &self.params)
+            .field("logits_processor", &self.logits_processor.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for EngineRequest {
+    /// Equal prompts and parameters, and the same processor factory (or none).
+    fn eq(&self, other: &Self) -> bool {
+        let same_processor = match (&self.logits_processor, &other.logits_processor) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        self.prompt_token_ids == other.prompt_token_ids
+            && self.params == other.params
+            && same_processor
+    }
+}
+
+/// Fixed facts about a running engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineInfo {
+    /// Longest prompt + completion accepted.
+    pub max_model_len: usize,
+    /// Vocabulary size; prompt ids must be below it.
+    pub vocab_size: usize,
+    /// KV blocks.
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Tokens that end generation unless `ignore_eos`.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl EngineInfo {
+    /// THE check of the context limit, used by [`EngineHandle::submit`], the scheduler's
+    /// admission and the HTTP routes: `prompt_tokens + max_tokens` must fit both
+    /// `max_model_len` and the whole KV cache. Err: kind `TooLong`, message "this
+    /// model's maximum context length is L tokens; the prompt has P tokens and
+    /// max_tokens is M (T in all)" (with the cache's size when the cache is the limit).
+    pub fn check_context(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), WickError> {
+        crate::scheduler::check_context(
+            prompt_tokens,
+            max_tokens,
+            self.max_model_len,
+            self.num_blocks,
+            self.block_size,
+        )
+    }
+
+    /// The most tokens (prompt + completion) one request may have: the smaller of
+    /// `max_model_len` and the whole KV cache.
+    pub fn context_limit(&self) -> usize {
+        self.max_model_len
+            .min(self.num_blocks.saturating_mul(self.block_size))
+    }
+}
+
+/// Upper bounds (seconds) of [`EngineStats::step_duration`]'s buckets.
+pub const STEP_DURATION_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0,
+];
+
+/// A histogram of durations as plain data (the metrics layer renders it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurationHistogram {
+    /// Upper bounds of the buckets, seconds, ascending.
+    pub bounds: Vec<f64>,
+    /// Observations per bucket, NOT cumulative (`counts[i]`: in `(bounds[i-1],
+    /// bounds[i]]`); len = `bounds.len()`; values above the last bound are only in
+    /// `count`.
+    pub counts: Vec<u64>,
+    /// Sum of all observations, seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl DurationHistogram {
+    /// An empty histogram with buckets ending at `bounds` (ascending).
+    pub fn new(bounds: Vec<f64>) -> Self {
+        Self {
+            counts: vec![0; bounds.len()],
+            bounds,
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Records one duration of `secs`.
+    pub fn observe(&mut self, secs: f64) {
+        let i = self.bounds.partition_point(|&b| b < secs);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
+impl Default for DurationHistogram {
+    /// Empty, over [`STEP_DURATION_BUCKETS`].
+    fn default() -> Self {
+        Self::new(STEP_DURATION_BUCKETS.to_vec())
+    }
+}
+
+/// A snapshot of the engine's counters, refreshed every step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    /// Sequences running.
+    pub num_running: usize,
+    /// Sequences waiting (new or preempted).
+    pub num_waiting: usize,
+    /// Fraction of KV blocks in use.
+    pub kv_usage: f64,
+    /// Blocks in use (0 when idle: nothing leaked).
+    pub num_used_blocks: usize,
+    /// Preemptions since start.
+    pub num_preemptions: u64,
+    /// Prompt tokens looked up in the prefix cache since start.
+    pub prefix_cache_queries: u64,
+    /// Prompt tokens found there.
+    pub prefix_cache_hits: u64,
+    /// Steps run.
+    pub steps: u64,
+    /// Tokens computed (prefill and decode) since start.
+    pub computed_tokens: u64,
+    /// Wall time of each model step (schedule, forward, sampling, events).
+    pub step_duration: DurationHistogram,
+    /// When the last step finished, seconds since the Unix epoch; `None` before any.
+    pub last_step_unix_s: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_not_cumulative() {
+        let mut h = DurationHistogram::new(vec![0.1, 1.0]);
+        for s in [0.05, 0.1, 0.5, 2.0] {
+            h.observe(s);
+        }
+        assert_eq!(h.counts, vec![2, 1]);
+        assert_eq!(h.count, 4);
+        assert!((h.sum - 2.65).abs() < 1e-9);
+        assert_eq!(DurationHistogram::default().bounds.len(), 16);
+    }
+
+    #[test]
+    fn check_context_covers_model_length_and_cache() {
+        let info = EngineInfo {
+            max_model_len: 100,
+            vocab_size: 10,
+            num_blocks: 4,
+            block_size: 16,
+            eos_token_ids: vec![],
+        };
+        assert_eq!(info.context_limit(), 64);
+        assert!(info.check_context(60, 4).is_ok());
+        let e = info.check_context(60, 5).unwrap_err();
+        assert_eq!(e.kind, wick_core::ErrorKind::TooLong);
+        assert!(e.message.contains("65 in all"), "{e}");
+    }
+}
