@@ -97,4 +97,28 @@ mod tests {
         );
         assert_eq!(Counters::parse("up 1\n"), None);
     }
+
+    #[test]
+    fn reads_wick_exposition_from_prometheus_client() {
+        // As wick-server renders it (prometheus-client, text format 0.0.4).
+        let text = "# HELP wick:prompt_tokens_total Prompt tokens processed.\n\
+            # TYPE wick:prompt_tokens_total counter\n\
+            wick:prompt_tokens_total{model_name=\"smol\"} 15\n\
+            # HELP wick:generation_tokens_total Tokens generated.\n\
+            # TYPE wick:generation_tokens_total counter\n\
+            wick:generation_tokens_total{model_name=\"smol\"} 5\n\
+            # HELP wick:request_success_total Requests finished, by finish reason.\n\
+            # TYPE wick:request_success_total counter\n\
+            wick:request_success_total{model_name=\"smol\",finished_reason=\"length\"} 1\n\
+            wick:request_success_total{model_name=\"smol\",finished_reason=\"abort\"} 0\n\
+            wick:request_success_total{model_name=\"smol\",finished_reason=\"stop\"} 2\n\
+            wick:request_queue_time_seconds_sum{model_name=\"smol\"} 0.0\n\
+            wick:engine_step_duration_seconds_bucket{model_name=\"smol\",le=\"+Inf\"} 5\n\
+            wick:engine_alive{model_name=\"smol\"} 1\n";
+        let c = Counters::parse(text).unwrap();
+        assert_eq!(
+            (c.prompt_tokens, c.generation_tokens, c.requests),
+            (15.0, 5.0, 3.0)
+        );
+    }
 }
