@@ -25,6 +25,27 @@ struct DecoderLayer {
     mlp: Mlp,
 }
 
+impl DecoderLayer {
+    /// Loads layer `prefix` (`model.layers.{i}`).
+    fn load(ld: &WeightLoader<'_>, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
+        let norm = |name: &str| {
+            let name = format!("{prefix}.{name}.weight");
+            RmsNorm::load(ld, &name, cfg.hidden_size, cfg.rms_norm_eps)
+        };
+        Ok(Self {
+            input_layernorm: norm("input_layernorm")?,
+            attn: Attention::load(ld, &format!("{prefix}.self_attn"), cfg)?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp: Mlp::load(
+                ld,
+                &format!("{prefix}.mlp"),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            )?,
+        })
+    }
+}
+
 /// A loaded Llama-family model.
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
@@ -50,25 +71,7 @@ impl LlamaModel {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let embed_tokens = ld.tensor("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let layers = (0..cfg.num_layers)
-            .map(|i| {
-                let p = format!("model.layers.{i}");
-                Ok(DecoderLayer {
-                    input_layernorm: RmsNorm::load(
-                        &ld,
-                        &format!("{p}.input_layernorm.weight"),
-                        h,
-                        eps,
-                    )?,
-                    attn: Attention::load(&ld, &format!("{p}.self_attn"), cfg)?,
-                    post_attention_layernorm: RmsNorm::load(
-                        &ld,
-                        &format!("{p}.post_attention_layernorm.weight"),
-                        h,
-                        eps,
-                    )?,
-                    mlp: Mlp::load(&ld, &format!("{p}.mlp"), h, cfg.intermediate_size)?,
-                })
-            })
+            .map(|i| DecoderLayer::load(&ld, &format!("model.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&ld, "model.norm.weight", h, eps)?;
         let lm_head = if cfg.tie_word_embeddings && !ld.contains("lm_head.weight") {

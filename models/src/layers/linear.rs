@@ -48,11 +48,6 @@ impl Linear {
         Ok(Self::new(weight, bias))
     }
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
     /// Applies the layer to `x` of shape `[..., in]`; returns `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();

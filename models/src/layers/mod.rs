@@ -52,14 +52,4 @@ impl<'a> WeightLoader<'a> {
     pub fn contains(&self, name: &str) -> bool {
         self.weights.contains(name)
     }
-
-    /// The serving dtype.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// The serving device.
-    pub fn device(&self) -> &Device {
-        self.device
-    }
 }
