@@ -1,9 +1,9 @@
 //! The one mapping from every error a request can meet to an HTTP response in OpenAI's
 //! shape: `{"error": {"message", "type", "param", "code"}}` with the right status.
 
+use crate::response_types::{ErrorDetail, ErrorResponse};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use wick_core::{ErrorKind, WickError};
 
 /// An error answered to the client.
@@ -69,24 +69,16 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": ErrorBody {
+    pub fn body(&self) -> ErrorResponse<'_> {
+        ErrorResponse {
+            error: ErrorDetail {
                 message: &self.message,
                 r#type: self.error_type(),
                 param: self.param.as_deref(),
                 code: self.code,
-            }
-        })
+            },
+        }
     }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    message: &'a str,
-    r#type: &'static str,
-    param: Option<&'a str>,
-    code: Option<&'static str>,
 }
 
 impl From<WickError> for ApiError {
@@ -122,17 +114,18 @@ mod tests {
 
     #[test]
     fn wick_errors_map_to_statuses_and_openai_json() {
+        let json = |e: &ApiError| serde_json::to_value(e.body()).unwrap();
         let e: ApiError = WickError::invalid_param("top_p", "2 is not in (0, 1]").into();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        let body = e.body();
+        let body = json(&e);
         assert_eq!(body["error"]["param"], "top_p");
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert!(body["error"]["code"].is_null());
         let e: ApiError = WickError::new(ErrorKind::Overloaded, "busy").into();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(e.body()["error"]["type"], "rate_limit_error");
+        assert_eq!(json(&e)["error"]["type"], "rate_limit_error");
         let e: ApiError = WickError::new(ErrorKind::TooLong, "long").into();
-        assert_eq!(e.body()["error"]["code"], "context_length_exceeded");
+        assert_eq!(json(&e)["error"]["code"], "context_length_exceeded");
         assert_eq!(ApiError::model_not_found("x").status, StatusCode::NOT_FOUND);
     }
 }

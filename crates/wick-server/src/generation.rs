@@ -4,13 +4,17 @@
 //! request's log line. Chat and completions, streamed or not, all go through
 //! [`PromptRun`]; dropping it aborts the request in the engine.
 
+use crate::backend::EventStream;
 use crate::detokenizer::{IncrementalDetokenizer, StopMatcher};
 use crate::error::ApiError;
 use crate::state::Serving;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Instant;
-use wick_core::{FinishReason, RequestMetrics, SamplingParams, TokenEvent, TokenLogprobs};
-use wick_engine::{EngineRequest, RequestStream};
+use wick_core::{
+    FinishReason, RequestMetrics, SamplingParams, TokenEvent, TokenLogprobs, WickError,
+};
+use wick_engine::EngineRequest;
 
 /// One generated token, kept for logprobs.
 #[derive(Debug, Clone)]
@@ -45,7 +49,7 @@ struct ChoiceState {
 /// A submitted prompt and its `n` completions.
 pub struct PromptRun {
     serving: Arc<Serving>,
-    stream: RequestStream,
+    stream: EventStream,
     log_id: String,
     prompt_len: usize,
     first_index: usize,
@@ -67,7 +71,7 @@ impl PromptRun {
     ) -> Result<Self, ApiError> {
         let mut stop_ids = params.stop_token_ids.clone();
         if !params.ignore_eos {
-            stop_ids.extend(&serving.engine.info().eos_token_ids);
+            stop_ids.extend(&serving.backend.info().eos_token_ids);
         }
         let choices = (0..params.n)
             .map(|_| ChoiceState {
@@ -78,9 +82,10 @@ impl PromptRun {
             })
             .collect();
         let prompt_len = prompt.len();
-        let stream = serving.engine.submit(EngineRequest {
+        let stream = serving.backend.submit(EngineRequest {
             prompt_token_ids: prompt,
             params,
+            ..Default::default()
         })?;
         Ok(Self {
             serving,
@@ -128,8 +133,9 @@ impl PromptRun {
                 Some(TokenEvent::Finished(metrics)) => self.on_finished(&metrics),
                 Some(TokenEvent::Error(e)) => return Some(Err(self.fail(e.into()))),
                 None => {
-                    let e = ApiError::unavailable("the engine stopped before the request finished");
-                    return Some(Err(self.fail(e)));
+                    // The stream ended without its last event: the engine went away.
+                    let e = WickError::internal("the engine stopped before the request finished");
+                    return Some(Err(self.fail(e.into())));
                 }
             }
         }

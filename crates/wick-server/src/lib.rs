@@ -1,11 +1,15 @@
 //! wick-server: the OpenAI-compatible HTTP frontend. Owns request parsing and
 //! validation, chat templates, incremental detokenization and the mapping of every error
-//! to an HTTP response; talks to the engine only through `wick_engine`.
+//! to an HTTP response; handlers reach the engine only through [`backend::Backend`].
 //!
-//! Where a request goes: [`routes`] (router, auth, body limits) -> `routes::generate`
-//! (validate, template, tokenize, submit) -> [`generation::PromptRun`] (engine events to
-//! text, stop strings, usage, metrics, log line) -> [`response`] (OpenAI JSON or SSE).
+//! Where a request goes: [`routes`] (router, request ids, spans, auth, body limits) ->
+//! `routes::generate` (validate, template, tokenize, submit to the [`backend::Backend`])
+//! -> [`generation::PromptRun`] (backend events to text, stop strings, usage, metrics,
+//! log line) -> [`response`] (OpenAI JSON or SSE, shaped by [`response_types`]).
+//! [`stack`] builds the model and engine (for `wick serve` and `wick generate`);
+//! [`serve`] runs the server's life (load, serve, watch the engine, drain).
 
+pub mod backend;
 pub mod chat_template;
 pub mod detokenizer;
 pub mod error;
@@ -14,8 +18,10 @@ pub mod metrics;
 pub mod prompt;
 pub mod protocol;
 pub mod response;
+pub mod response_types;
 pub mod routes;
 pub mod serve;
+pub mod stack;
 pub mod state;
 
 pub use error::ApiError;

@@ -1,15 +1,20 @@
 //! OpenAI's response shapes for chat and completions, whole or streamed as server-sent
 //! events. A request's [`PromptRun`]s are read here: merged into one SSE stream (role
-//! chunk, text deltas, a finish chunk per choice, a usage chunk when asked, `[DONE]`), or
-//! collected into one JSON body.
+//! chunk, text deltas, a finish chunk per choice, a usage chunk when asked, `[DONE]`; an
+//! error event instead ends the stream), or collected into one JSON body. The bodies are
+//! the typed structs of [`crate::response_types`].
 
 use crate::error::ApiError;
 use crate::generation::{ChoiceDelta, PromptRun, TokenOut};
+use crate::response_types::{
+    AssistantMessage, ChatChoice, ChatDeltaChoice, ChatLogprobs, ChatTokenLogprob, Choice,
+    CompletionLogprobs, Delta, GenerationBody, Logprobs, TextChoice, TopLogprob, Usage,
+};
 use crate::state::{InFlight, Serving};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use wick_core::FinishReason;
@@ -45,16 +50,26 @@ pub struct Responder {
     pub num_choices: usize,
 }
 
-/// Usage counts.
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-}
-
 #[derive(Default)]
 struct Collected {
     text: String,
     tokens: Vec<TokenOut>,
     finish: Option<FinishReason>,
+}
+
+/// One SSE item of a streamed response.
+enum Piece {
+    /// A JSON chunk.
+    Chunk(String),
+    /// An error body; nothing follows it.
+    Error(String),
+    /// The last event: `[DONE]`.
+    Done,
+}
+
+/// `value` as JSON text (our bodies always serialize; an impossible failure yields `{}`).
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
 
 impl Responder {
@@ -66,85 +81,102 @@ impl Responder {
         }
     }
 
-    fn envelope(&self, chunk: bool, choices: Vec<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": self.object(chunk),
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.serving.fingerprint,
-            "choices": choices,
-        })
+    fn body(&self, chunk: bool, choices: Vec<Choice>, usage: Option<Usage>) -> GenerationBody<'_> {
+        GenerationBody {
+            id: &self.id,
+            object: self.object(chunk),
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: &self.serving.fingerprint,
+            choices,
+            usage,
+        }
+    }
+
+    fn chunk(&self, choices: Vec<Choice>, usage: Option<Usage>) -> Piece {
+        Piece::Chunk(to_json(&self.body(true, choices, usage)))
     }
 
     /// Logprobs of `tokens` in the endpoint's format; `offset` is the text offset of the
     /// first (completions' `text_offset`).
-    fn logprobs(&self, tokens: &[TokenOut], offset: &mut usize) -> Value {
+    fn logprobs(&self, tokens: &[TokenOut], offset: &mut usize) -> Option<Logprobs> {
         if !self.logprobs {
-            return Value::Null;
+            return None;
         }
         let p = &self.serving.prompt;
-        match self.endpoint {
-            Endpoint::Chat => {
-                let content: Vec<Value> = tokens
-                    .iter()
-                    .filter_map(|t| t.logprobs.as_ref().map(|lp| (t.id, lp)))
+        let with_logprobs = tokens
+            .iter()
+            .filter_map(|t| t.logprobs.as_ref().map(|lp| (t.id, lp)));
+        Some(match self.endpoint {
+            Endpoint::Chat => Logprobs::Chat(ChatLogprobs {
+                content: with_logprobs
                     .map(|(id, lp)| {
-                        let text = p.token_text(id);
-                        let top: Vec<Value> = lp
+                        let token = p.token_text(id);
+                        let top_logprobs = lp
                             .top
                             .iter()
-                            .map(|&(tid, l)| {
-                                let tt = p.token_text(tid);
-                                json!({"token": tt, "logprob": l, "bytes": tt.as_bytes()})
+                            .map(|&(tid, logprob)| {
+                                let token = p.token_text(tid);
+                                TopLogprob {
+                                    bytes: token.as_bytes().to_vec(),
+                                    token,
+                                    logprob,
+                                }
                             })
                             .collect();
-                        json!({"token": text, "logprob": lp.logprob, "bytes": text.as_bytes(), "top_logprobs": top})
+                        ChatTokenLogprob {
+                            bytes: token.as_bytes().to_vec(),
+                            token,
+                            logprob: lp.logprob,
+                            top_logprobs,
+                        }
                     })
-                    .collect();
-                json!({ "content": content })
-            }
+                    .collect(),
+            }),
             Endpoint::Completion => {
-                let (mut toks, mut lps, mut tops, mut offs) = (vec![], vec![], vec![], vec![]);
-                for t in tokens {
-                    let Some(lp) = &t.logprobs else { continue };
-                    let text = p.token_text(t.id);
-                    offs.push(*offset);
+                let mut out = CompletionLogprobs::default();
+                for (id, lp) in with_logprobs {
+                    let text = p.token_text(id);
+                    out.text_offset.push(*offset);
                     *offset += text.len();
-                    toks.push(text);
-                    lps.push(lp.logprob);
-                    let top: serde_json::Map<String, Value> = lp
-                        .top
-                        .iter()
-                        .map(|&(tid, l)| (p.token_text(tid), json!(l)))
-                        .collect();
-                    tops.push(Value::Object(top));
+                    out.tokens.push(text);
+                    out.token_logprobs.push(lp.logprob);
+                    out.top_logprobs.push(
+                        lp.top
+                            .iter()
+                            .map(|&(tid, l)| (p.token_text(tid), serde_json::Value::from(l)))
+                            .collect(),
+                    );
                 }
-                json!({"tokens": toks, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs})
+                Logprobs::Completion(out)
             }
-        }
+        })
     }
 
     fn delta_choice(
         &self,
         index: usize,
         text: &str,
-        logprobs: Value,
+        logprobs: Option<Logprobs>,
         finish: Option<FinishReason>,
-    ) -> Value {
-        let finish = finish.map(|f| f.as_str());
+    ) -> Choice {
+        let finish_reason = finish.map(|f| f.as_str());
         match self.endpoint {
-            Endpoint::Chat => {
-                let delta = if text.is_empty() {
-                    json!({})
-                } else {
-                    json!({"content": text})
-                };
-                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
-            }
-            Endpoint::Completion => {
-                json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
-            }
+            Endpoint::Chat => Choice::ChatDelta(ChatDeltaChoice {
+                index,
+                delta: Delta {
+                    role: None,
+                    content: (!text.is_empty()).then(|| text.to_string()),
+                },
+                logprobs,
+                finish_reason,
+            }),
+            Endpoint::Completion => Choice::Text(TextChoice {
+                index,
+                text: text.to_string(),
+                logprobs,
+                finish_reason,
+            }),
         }
     }
 
@@ -165,36 +197,40 @@ impl Responder {
         }
         let prompt_tokens: usize = runs.iter().map(|r| r.prompt_tokens()).sum();
         let completion_tokens: usize = runs.iter().map(|r| r.completion_tokens()).sum();
-        let out: Vec<Value> = choices
+        let out: Vec<Choice> = choices
             .into_iter()
             .enumerate()
-            .map(|(i, c)| {
-                let echo = self.echo.get(i).map(String::as_str).unwrap_or("");
+            .map(|(index, c)| {
+                let echo = self.echo.get(index).map(String::as_str).unwrap_or("");
                 let mut offset = echo.len();
                 let logprobs = self.logprobs(&c.tokens, &mut offset);
-                let finish = c.finish.unwrap_or(FinishReason::Stop).as_str();
+                let finish_reason = c.finish.unwrap_or(FinishReason::Stop).as_str();
                 match self.endpoint {
-                    Endpoint::Chat => json!({
-                        "index": i,
-                        "message": {"role": "assistant", "content": c.text},
-                        "logprobs": logprobs,
-                        "finish_reason": finish,
+                    Endpoint::Chat => Choice::Chat(ChatChoice {
+                        index,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content: c.text,
+                        },
+                        logprobs,
+                        finish_reason,
                     }),
-                    Endpoint::Completion => json!({
-                        "index": i,
-                        "text": format!("{echo}{}", c.text),
-                        "logprobs": logprobs,
-                        "finish_reason": finish,
+                    Endpoint::Completion => Choice::Text(TextChoice {
+                        index,
+                        text: format!("{echo}{}", c.text),
+                        logprobs,
+                        finish_reason: Some(finish_reason),
                     }),
                 }
             })
             .collect();
-        let mut body = self.envelope(false, out);
-        body["usage"] = usage(prompt_tokens, completion_tokens);
-        Ok(axum::Json(body).into_response())
+        let usage = Usage::new(prompt_tokens, completion_tokens);
+        Ok(axum::Json(self.body(false, out, Some(usage))).into_response())
     }
 
-    /// Streams the runs as server-sent events.
+    /// Streams the runs as server-sent events: the opening chunks, the deltas, a usage
+    /// chunk when asked, `[DONE]`. An error (the request's or the engine's) is sent as
+    /// an error event and ends the stream there, without `[DONE]`.
     pub fn stream(
         self,
         runs: Vec<PromptRun>,
@@ -232,48 +268,66 @@ impl Responder {
             }
         }
         let body = merged.flat_map(move |item: Result<ChoiceDelta, ApiError>| {
-            let events = match item {
+            let pieces = match item {
                 Ok(d) => r.delta_chunks(&d, &mut offsets),
-                Err(e) => vec![e.body()],
+                Err(e) => vec![Piece::Error(to_json(&e.body()))],
             };
-            stream::iter(events)
+            stream::iter(pieces)
         });
         let r = responder.clone();
         let tail = stream::once(async move {
-            let mut v = vec![];
+            let completion = totals.lock().map(|t| t.sum()).unwrap_or(0);
+            let usage = Usage::new(prompt_tokens, completion);
+            let mut pieces = vec![];
             if include_usage {
-                let completion = totals.lock().map(|t| t.sum()).unwrap_or(0);
-                let mut u = r.envelope(true, vec![]);
-                u["usage"] = usage(prompt_tokens, completion);
-                v.push(u);
+                pieces.push(r.chunk(vec![], Some(usage)));
             }
-            stream::iter(v)
+            pieces.push(Piece::Done);
+            stream::iter(pieces)
         })
         .flatten();
+        // Everything after an error is dropped (the runs too, which aborts them).
+        let mut failed = false;
         let events = head
             .chain(body)
             .chain(tail)
-            .map(move |chunk| {
-                let _ = &in_flight; // held until the stream ends or the client leaves
-                Ok::<Event, Infallible>(Event::default().data(chunk.to_string()))
+            .take_while(move |piece| {
+                let go = !failed;
+                failed |= matches!(piece, Piece::Error(_));
+                std::future::ready(go)
             })
-            .chain(stream::once(async { Ok(Event::default().data("[DONE]")) }));
+            .map(move |piece| {
+                let _ = &in_flight; // held until the stream ends or the client leaves
+                let data = match piece {
+                    Piece::Chunk(data) | Piece::Error(data) => data,
+                    Piece::Done => "[DONE]".into(),
+                };
+                Ok::<Event, Infallible>(Event::default().data(data))
+            });
         Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response()
     }
 
     /// Chat: a first chunk per choice with the role; completions with echo: the prompt.
-    fn opening_chunks(&self) -> Vec<Value> {
+    fn opening_chunks(&self) -> Vec<Piece> {
         (0..self.num_choices)
-            .filter_map(|i| match self.endpoint {
-                Endpoint::Chat => Some(self.envelope(
-                    true,
-                    vec![json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})],
+            .filter_map(|index| match self.endpoint {
+                Endpoint::Chat => Some(self.chunk(
+                    vec![Choice::ChatDelta(ChatDeltaChoice {
+                        index,
+                        delta: Delta {
+                            role: Some("assistant"),
+                            content: Some(String::new()),
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                    })],
+                    None,
                 )),
                 Endpoint::Completion => {
-                    let echo = self.echo.get(i).filter(|e| !e.is_empty())?;
-                    Some(self.envelope(true, vec![self.delta_choice(i, echo, Value::Null, None)]))
+                    let echo = self.echo.get(index).filter(|e| !e.is_empty())?;
+                    Some(self.chunk(vec![self.delta_choice(index, echo, None, None)], None))
                 }
             })
             .collect()
@@ -281,22 +335,19 @@ impl Responder {
 
     /// A text delta (when there is text or logprobs) and, on the choice's end, a chunk
     /// with its finish reason.
-    fn delta_chunks(&self, d: &ChoiceDelta, offsets: &mut [usize]) -> Vec<Value> {
+    fn delta_chunks(&self, d: &ChoiceDelta, offsets: &mut [usize]) -> Vec<Piece> {
         let mut out = vec![];
         let mut dummy = 0;
         let offset = offsets.get_mut(d.index).unwrap_or(&mut dummy);
         let logprobs = self.logprobs(&d.tokens, offset);
-        if !d.text.is_empty() || !logprobs.is_null() {
-            out.push(self.envelope(
-                true,
+        if !d.text.is_empty() || logprobs.is_some() {
+            out.push(self.chunk(
                 vec![self.delta_choice(d.index, &d.text, logprobs, None)],
+                None,
             ));
         }
         if let Some(f) = d.finish_reason {
-            out.push(self.envelope(
-                true,
-                vec![self.delta_choice(d.index, "", Value::Null, Some(f))],
-            ));
+            out.push(self.chunk(vec![self.delta_choice(d.index, "", None, Some(f))], None));
         }
         out
     }

@@ -1,17 +1,29 @@
-//! `wick serve`: its settings ([`ServeArgs`]) and its life: bind, answer `/health` with
-//! 503 while the model loads, serve, and on SIGTERM/SIGINT drain (stop taking requests,
-//! let in-flight ones finish up to `--drain-timeout`) before exiting cleanly.
+//! `wick serve`: its settings ([`ServeArgs`]) and its life: bind, answer `/health` and
+//! `/ready` with 503 while the model loads, serve, watch the engine, and on
+//! SIGTERM/SIGINT drain (stop taking requests, `/ready` 503, let in-flight ones finish up
+//! to `--drain-timeout`) before exiting cleanly.
+//!
+//! An engine that dies (its thread panicked) makes `/health` and `/ready` answer 503 at
+//! once (they ask the backend); in-flight requests end with a 500. A few seconds later
+//! (so those 500s get written) [`run`] returns [`ServeError::EngineDied`] and the process
+//! exits non-zero, for its supervisor (systemd, Kubernetes) to restart it. A stalled
+//! engine (work but no step for `--engine-stall-timeout`) only turns the probes 503: it
+//! may recover, and liveness probes decide.
 
-use crate::metrics::Metrics;
-use crate::prompt::PromptBuilder;
-use crate::protocol::ModelDefaults;
+use crate::backend::Backend;
+use crate::stack::{ServingStack, StackArgs};
 use crate::state::{AppState, Serving};
 use axum::serve::ListenerExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wick_engine::{EngineConfig, EngineHandle};
-use wick_models::device::{device_name, parse_dtype, select_device};
+use wick_engine::{EngineConfig, EngineHealth};
+
+/// How often the engine's health is looked at.
+const HEALTH_POLL: Duration = Duration::from_millis(250);
+/// How long a dead engine's server keeps answering (in-flight 500s, probes 503) before
+/// the process exits.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,6 +93,15 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Seconds the engine may hold work without finishing a step before `/health` and
+    /// `/ready` answer 503 (a hung kernel or device).
+    #[arg(long, default_value_t = 60.0)]
+    pub engine_stall_timeout: f64,
+    /// Test-only fault injection: `panic-at-step:N` or `stall-at-step:N` (builds with
+    /// the `fault-injection` feature only; release builds never have it).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true)]
+    pub fault_inject: Option<String>,
 }
 
 /// Why the server could not start.
@@ -95,6 +116,18 @@ pub enum ServeError {
     /// The model could not be loaded.
     #[error("cannot load the model: {0}")]
     Load(String),
+    /// The engine died while serving; the process should exit non-zero.
+    #[error("the engine died: {0}")]
+    EngineDied(String),
+}
+
+impl From<crate::stack::StackError> for ServeError {
+    fn from(e: crate::stack::StackError) -> Self {
+        match e {
+            crate::stack::StackError::Config(m) => Self::Config(m),
+            crate::stack::StackError::Load(m) => Self::Load(m),
+        }
+    }
 }
 
 /// Runs the server until SIGTERM/SIGINT and a clean drain.
@@ -108,6 +141,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .as_deref()
         .map(|v| bytes("kv-cache-memory", v))
         .transpose()?;
+    let engine_config = engine_config(&args, kv_cache_memory)?;
     let names = if args.served_model_name.is_empty() {
         vec![args.model.clone()]
     } else {
@@ -145,19 +179,15 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             .await
     });
 
-    let engine_config = EngineConfig {
-        max_num_seqs: args.max_num_seqs,
-        max_num_batched_tokens: args.max_num_batched_tokens,
-        max_waiting: args.max_waiting,
-        kv_cache_memory,
-        max_model_len: args.max_model_len,
-        enable_prefix_caching: !args.no_prefix_caching,
-        ..EngineConfig::default()
+    let stack_args = StackArgs {
+        model: args.model.clone(),
+        dtype: args.dtype.clone(),
+        device: args.device.clone(),
+        chat_template: args.chat_template.clone(),
     };
-    let load_args = args.clone();
-    let metrics = state.metrics.clone();
-    let loading = tokio::task::spawn_blocking(move || load(&load_args, engine_config, metrics));
-    let serving = tokio::select! {
+    let loading =
+        tokio::task::spawn_blocking(move || ServingStack::build(&stack_args, engine_config));
+    let stack = tokio::select! {
         loaded = loading => loaded
             .map_err(|e| ServeError::Load(e.to_string()))??,
         _ = shutdown_signal() => {
@@ -165,10 +195,35 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             return Ok(());
         }
     };
-    state.set_serving(serving.clone());
+    let backend: Arc<dyn Backend> = Arc::new(stack.engine);
+    state.set_serving(Arc::new(Serving {
+        backend: backend.clone(),
+        prompt: stack.prompt,
+        defaults: stack.defaults,
+        metrics: state.metrics.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        fingerprint: stack.fingerprint,
+    }));
     tracing::info!(address = %local, model = %state.model_name(), "serving");
 
-    shutdown_signal().await;
+    let died = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = engine_death(backend.as_ref()) => Some(reason),
+    };
+    if let Some(reason) = died {
+        tracing::error!(
+            reason = %reason,
+            exit_in_s = EXIT_GRACE.as_secs_f64(),
+            "the engine has died: /health and /ready answer 503; exiting for the supervisor to restart wick"
+        );
+        tokio::time::sleep(EXIT_GRACE).await;
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        return Err(ServeError::EngineDied(reason));
+    }
     state.start_draining();
     let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
     tracing::info!(
@@ -186,77 +241,87 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         );
     }
     let _ = stop_tx.send(());
-    serving.engine.shutdown();
+    let health = backend.health();
+    backend.shutdown();
     // Connections still streaming after the deadline are cut.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    if let EngineHealth::Dead { reason } = health {
+        return Err(ServeError::EngineDied(reason));
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Loads the model and starts its engine (blocking).
-fn load(
+/// The engine's settings from the flags.
+fn engine_config(
     args: &ServeArgs,
-    engine_config: EngineConfig,
-    metrics: Arc<Metrics>,
-) -> Result<Arc<Serving>, ServeError> {
-    let err = |e: &dyn std::fmt::Display| ServeError::Load(e.to_string());
-    let device = select_device(args.device.as_deref()).map_err(|e| err(&e))?;
-    let dtype =
-        parse_dtype(&args.dtype).map_err(|e| ServeError::Config(format!("--dtype: {e}")))?;
-    let loaded = wick_models::load(
-        &args.model,
-        &wick_models::LoadOptions {
-            dtype,
-            device: device.clone(),
-        },
-    )
-    .map_err(|e| err(&e))?;
-    let template =
-        match &args.chat_template {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                ServeError::Config(format!("--chat-template {}: {e}", path.display()))
-            })?),
-            None => loaded.chat_template.clone(),
-        };
-    let model_dtype = loaded.model.dtype();
-    tracing::info!(
-        source = %loaded.source,
-        dtype = ?model_dtype,
-        device = %device_name(&device),
-        load_time_s = loaded.load_time.as_secs_f64(),
-        "model loaded"
-    );
-    let g = &loaded.generation_defaults;
-    let defaults = ModelDefaults {
-        temperature: g.temperature.map(|v| v as f32),
-        top_p: g.top_p.map(|v| v as f32),
-        top_k: g.top_k.and_then(|v| usize::try_from(v).ok()),
-    };
-    let prompt = PromptBuilder::new(
-        loaded.tokenizer,
-        template.as_deref(),
-        loaded.special.clone(),
-    )
-    .map_err(|e| ServeError::Config(e.to_string()))?;
-    let engine = EngineHandle::start(loaded.model, loaded.special.eos_token_ids, engine_config)
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    Ok(Arc::new(Serving {
-        engine,
-        prompt,
-        defaults,
-        metrics,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        fingerprint: format!(
-            "fp_wick-{}-{:?}-{}",
-            env!("CARGO_PKG_VERSION"),
-            model_dtype,
-            device_name(&device)
-        )
-        .to_lowercase(),
-    }))
+    kv_cache_memory: Option<u64>,
+) -> Result<EngineConfig, ServeError> {
+    let stall_timeout = Duration::try_from_secs_f64(args.engine_stall_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ServeError::Config(format!(
+                "--engine-stall-timeout: {} is not a positive number of seconds",
+                args.engine_stall_timeout
+            ))
+        })?;
+    Ok(EngineConfig {
+        max_num_seqs: args.max_num_seqs,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        max_waiting: args.max_waiting,
+        kv_cache_memory,
+        max_model_len: args.max_model_len,
+        enable_prefix_caching: !args.no_prefix_caching,
+        stall_timeout,
+        #[cfg(feature = "fault-injection")]
+        fault: args
+            .fault_inject
+            .as_deref()
+            .map(parse_fault)
+            .transpose()
+            .map_err(|e| ServeError::Config(format!("--fault-inject: {e}")))?,
+        ..EngineConfig::default()
+    })
+}
+
+/// `panic-at-step:N` or `stall-at-step:N`.
+#[cfg(feature = "fault-injection")]
+fn parse_fault(spec: &str) -> Result<wick_engine::Fault, String> {
+    let (kind, step) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("{spec:?}: expected panic-at-step:N or stall-at-step:N"))?;
+    let step: u64 = step
+        .parse()
+        .map_err(|_| format!("{spec:?}: {step:?} is not a step number"))?;
+    match kind {
+        "panic-at-step" => Ok(wick_engine::Fault::PanicAtStep(step)),
+        "stall-at-step" => Ok(wick_engine::Fault::StallAtStep(step)),
+        _ => Err(format!("{spec:?}: unknown fault {kind:?}")),
+    }
+}
+
+/// Resolves with the reason once the backend has died; logs stalls as they come and go.
+async fn engine_death(backend: &dyn Backend) -> String {
+    let mut stalled = false;
+    loop {
+        tokio::time::sleep(HEALTH_POLL).await;
+        match backend.health() {
+            EngineHealth::Dead { reason } => return reason,
+            h @ EngineHealth::Stalled { .. } => {
+                if !stalled {
+                    tracing::error!(reason = %h, "engine stalled: /health and /ready answer 503");
+                }
+                stalled = true;
+            }
+            EngineHealth::Healthy => {
+                if stalled {
+                    tracing::info!("engine stepping again");
+                }
+                stalled = false;
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

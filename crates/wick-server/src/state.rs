@@ -1,21 +1,27 @@
 //! What the handlers share: the server's fixed settings, the model once it has loaded
-//! ([`Serving`]), the draining flag, and the count of generation requests in flight.
+//! ([`Serving`]), the draining flag, and the count of generation requests in flight;
+//! and what `/health` and `/ready` answer from them.
 //!
-//! Lifecycle: `loading` (health 503, generation 503) -> `serving` -> `draining` after
-//! SIGTERM (health 503, new requests 503, in-flight ones finish).
+//! Lifecycle: `loading` (health 503, ready 503, generation 503) -> `serving` ->
+//! `draining` after SIGTERM (health 200, ready 503, new requests 503, in-flight ones
+//! finish). Whenever the backend is not healthy (its engine died or stalled), health and
+//! ready answer 503 with the backend's reason.
 
+use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::prompt::PromptBuilder;
 use crate::protocol::ModelDefaults;
+use crate::response_types::HealthResponse;
+use axum::http::StatusCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use wick_engine::EngineHandle;
+use wick_engine::EngineHealth;
 
-/// The loaded model and its engine.
+/// The loaded model and the backend generating with it.
 pub struct Serving {
-    /// The engine.
-    pub engine: EngineHandle,
+    /// The backend (the engine, or a fake in handler tests).
+    pub backend: Arc<dyn Backend>,
     /// Tokenizer, chat template, special tokens.
     pub prompt: PromptBuilder,
     /// Sampling defaults from the model's generation_config.json.
@@ -98,6 +104,47 @@ impl AppState {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Liveness (`/health`): 200 while the process and its backend are alive and making
+    /// progress, draining included; 503 while loading (there is no engine yet to be
+    /// alive) or when the backend is not healthy.
+    pub fn liveness(&self) -> (StatusCode, HealthResponse) {
+        let Some(serving) = self.loaded() else {
+            return unavailable("loading", None);
+        };
+        if let Some(sick) = unhealthy(serving.backend.health()) {
+            return sick;
+        }
+        let status = if self.is_draining() { "draining" } else { "ok" };
+        (
+            StatusCode::OK,
+            HealthResponse {
+                status,
+                reason: None,
+            },
+        )
+    }
+
+    /// Readiness (`/ready`): 200 only when loaded, not draining and healthy; 503 with
+    /// the reason otherwise.
+    pub fn readiness(&self) -> (StatusCode, HealthResponse) {
+        let Some(serving) = self.loaded() else {
+            return unavailable("loading", None);
+        };
+        if let Some(sick) = unhealthy(serving.backend.health()) {
+            return sick;
+        }
+        if self.is_draining() {
+            return unavailable("draining", None);
+        }
+        (
+            StatusCode::OK,
+            HealthResponse {
+                status: "ok",
+                reason: None,
+            },
+        )
+    }
+
     /// Generation requests in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
@@ -126,6 +173,23 @@ impl AppState {
             .map(String::as_str)
             .unwrap_or("model")
     }
+}
+
+fn unavailable(status: &'static str, reason: Option<String>) -> (StatusCode, HealthResponse) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        HealthResponse { status, reason },
+    )
+}
+
+/// 503 `stalled`/`dead` with the reason, unless `health` is healthy.
+fn unhealthy(health: EngineHealth) -> Option<(StatusCode, HealthResponse)> {
+    let status = match health {
+        EngineHealth::Healthy => return None,
+        EngineHealth::Stalled { .. } => "stalled",
+        EngineHealth::Dead { .. } => "dead",
+    };
+    Some(unavailable(status, Some(health.to_string())))
 }
 
 /// A generation request in flight; see [`AppState::track`].

@@ -3,6 +3,7 @@
 //! exactly the reference prompt ids.
 //!
 //! Needs the model file: run `scripts/fetch-test-model.sh` (or set WICK_SMOLLM2_GGUF).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 

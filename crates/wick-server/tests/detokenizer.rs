@@ -1,6 +1,7 @@
 //! Incremental detokenization with SmolLM2's byte-level BPE tokenizer: feeding tokens
 //! one at a time gives exactly the text of decoding them all at once, and no piece ever
 //! holds a broken character, even where characters are split across tokens.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use wick_models::LoadOptions;
 use wick_server::detokenizer::IncrementalDetokenizer;

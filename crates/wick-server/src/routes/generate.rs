@@ -44,18 +44,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-/// The most tokens a prompt of `prompt_len` may still generate.
+/// The most tokens a prompt of `prompt_len` may still generate (chat's default
+/// `max_tokens`); the engine's own context check decides, and words, the refusal.
 fn remaining_context(serving: &Serving, prompt_len: usize) -> Result<usize, ApiError> {
-    let info = serving.engine.info();
-    let limit = info.max_model_len.min(info.num_blocks * info.block_size);
-    match limit.checked_sub(prompt_len) {
-        Some(n) if n > 0 => Ok(n),
-        _ => Err(WickError::new(
-            wick_core::ErrorKind::TooLong,
-            format!("this model's maximum context length is {limit} tokens; the prompt has {prompt_len} tokens"),
-        )
-        .into()),
-    }
+    let info = serving.backend.info();
+    info.check_context(prompt_len, 1)?;
+    Ok(info.context_limit().saturating_sub(prompt_len))
 }
 
 /// A parsed request of either endpoint, ready to submit.

@@ -1,42 +1,43 @@
-//! GET /v1/models, POST /tokenize and /detokenize, GET /health and /metrics.
+//! GET /v1/models, POST /tokenize and /detokenize, GET /health, /ready and /metrics.
 
 use super::OpenAiJson;
 use crate::error::ApiError;
 use crate::protocol::{flatten_messages, DetokenizeRequest, TokenizeRequest};
+use crate::response_types::{DetokenizeResponse, ModelCard, ModelList, TokenizeResponse};
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// GET /v1/models.
-pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
     let serving = state.serving()?;
-    let max_model_len = serving.engine.info().max_model_len;
-    let data: Vec<Value> = state
+    let max_model_len = serving.backend.info().max_model_len;
+    let data = state
         .served_model_names
         .iter()
-        .map(|name| {
-            json!({
-                "id": name,
-                "object": "model",
-                "created": serving.created,
-                "owned_by": "wick",
-                "root": name,
-                "max_model_len": max_model_len,
-            })
+        .map(|name| ModelCard {
+            id: name.clone(),
+            object: "model",
+            created: serving.created,
+            owned_by: "wick",
+            root: name.clone(),
+            max_model_len,
         })
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(ModelList {
+        object: "list",
+        data,
+    }))
 }
 
 /// POST /tokenize: `{"prompt": text}` or `{"messages": [...]}` -> ids.
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     OpenAiJson(req): OpenAiJson<TokenizeRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenizeResponse>, ApiError> {
     state.check_model(req.model.as_deref())?;
     let serving = state.serving()?;
     let s = serving.clone();
@@ -57,56 +58,54 @@ pub async fn tokenize(
     })
     .await
     .map_err(|e| ApiError::from(wick_core::WickError::internal(e.to_string())))??;
-    Ok(Json(json!({
-        "count": tokens.len(),
-        "max_model_len": serving.engine.info().max_model_len,
-        "tokens": tokens,
-    })))
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        max_model_len: serving.backend.info().max_model_len,
+        tokens,
+    }))
 }
 
 /// POST /detokenize: ids -> text.
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     OpenAiJson(req): OpenAiJson<DetokenizeRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DetokenizeResponse>, ApiError> {
     state.check_model(req.model.as_deref())?;
     let serving = state.serving()?;
-    let vocab = serving.engine.info().vocab_size;
+    let vocab = serving.backend.info().vocab_size;
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid_param(
             "tokens",
             format!("token id {bad} is outside the vocabulary of {vocab}"),
         ));
     }
-    let text = serving.prompt.decode(&req.tokens, false)?;
-    Ok(Json(json!({ "prompt": text })))
+    let prompt = serving.prompt.decode(&req.tokens, false)?;
+    Ok(Json(DetokenizeResponse { prompt }))
 }
 
-/// GET /health: 200 while serving, 503 while loading or draining.
+/// GET /health (liveness): see [`AppState::liveness`].
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let status = if state.is_draining() {
-        "draining"
-    } else if state.loaded().is_some() {
-        return (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();
-    } else {
-        "loading"
-    };
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "status": status })),
-    )
-        .into_response()
+    let (status, body) = state.liveness();
+    (status, Json(body)).into_response()
+}
+
+/// GET /ready (readiness): see [`AppState::readiness`].
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let (status, body) = state.readiness();
+    (status, Json(body)).into_response()
 }
 
 /// GET /metrics: Prometheus text.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let stats = state.loaded().map(|s| s.engine.stats()).unwrap_or_default();
+    let loaded = state.loaded();
+    let stats = loaded.map(|s| s.backend.stats()).unwrap_or_default();
+    let health = loaded.map(|s| s.backend.health());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&stats),
+        state.metrics.render(&stats, health.as_ref()),
     )
         .into_response()
 }

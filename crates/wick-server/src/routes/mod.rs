@@ -1,20 +1,29 @@
-//! The HTTP surface: the router, the middleware every request passes (HTTP metrics, API
-//! key check), and the JSON body extractor that turns every malformed body into a 400
-//! and every oversized one into a 413 in OpenAI's error shape.
+//! The HTTP surface: the router, the layers every request passes (tower-http: an
+//! `x-request-id` set when absent and echoed back, a tracing span per request carrying
+//! it; axum's body limit; our HTTP metrics and API key check), and the JSON body
+//! extractor that turns every malformed body into a 400 and every oversized one into a
+//! 413 in OpenAI's error shape.
 
 mod generate;
 mod info;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// The request id header: taken from the client when given, else a fresh UUID; echoed
+/// in the response and recorded on the request's span.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -31,12 +40,39 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(api)
         .route("/health", get(info::health))
+        .route("/ready", get(info::ready))
         .route("/metrics", get(info::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_http))
-        .layer(DefaultBodyLimit::disable())
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        // Outermost last: set the id, open the span (which reads it), echo the id.
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(
+            // The span only: the request's one log line is written by the handler
+            // (generation requests) and errors by `ApiError`; tower-http's own events
+            // stay at debug level, its failure event is off.
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span every log line of a request is written in.
+fn request_span(req: &Request) -> tracing::Span {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %id,
+    )
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -121,6 +157,8 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for OpenAiJson<T> {
                 format!("the request body is larger than {limit} bytes"),
             )
         };
+        // A declared length over the limit is refused before reading anything; an
+        // undeclared one is cut by axum's limit (`DefaultBodyLimit`) while reading.
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -129,9 +167,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for OpenAiJson<T> {
         if declared.is_some_and(|n| n > limit) {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| too_large())?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
+            }
+        })?;
         serde_json::from_slice(&bytes)
             .map(OpenAiJson)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))

@@ -1,0 +1,147 @@
+//! The serving stack, built in one place for `wick serve` and `wick generate`: device ->
+//! dtype -> load -> chat template / [`PromptBuilder`] -> engine start.
+//!
+//! Two steps, so a caller may size the engine from the model and its tokenized prompt
+//! (`wick generate` sizes its KV cache for one request): [`LoadedStack::load`] (everything
+//! but the engine) then [`LoadedStack::start`]; [`ServingStack::build`] does both.
+//! Blocking (loading reads and dequantizes weights): call it off the async runtime.
+
+use crate::prompt::PromptBuilder;
+use crate::protocol::ModelDefaults;
+use std::path::PathBuf;
+use wick_engine::{EngineConfig, EngineHandle};
+use wick_models::device::{device_name, parse_dtype, select_device};
+use wick_models::{Model, SpecialTokens};
+
+/// What the stack is built from (the model-related flags of `serve` and `generate`).
+#[derive(Debug, Clone, Default)]
+pub struct StackArgs {
+    /// A Hugging Face directory, a .gguf file, or a hub id org/name[@revision].
+    pub model: String,
+    /// auto, f32, f16 or bf16.
+    pub dtype: String,
+    /// cpu, cuda or cuda:N; `None`: the first GPU if any, else the CPU.
+    pub device: Option<String>,
+    /// A Jinja chat template file to use instead of the model's.
+    pub chat_template: Option<PathBuf>,
+}
+
+/// Why the stack could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// A setting is invalid (named in the message).
+    #[error("{0}")]
+    Config(String),
+    /// The model could not be loaded.
+    #[error("cannot load the model: {0}")]
+    Load(String),
+}
+
+/// A loaded model with its prompt side, before its engine starts.
+pub struct LoadedStack {
+    /// Tokenizer, chat template, special tokens.
+    pub prompt: PromptBuilder,
+    /// Sampling defaults from the model's generation_config.json.
+    pub defaults: ModelDefaults,
+    /// `system_fingerprint` of responses: wick's version and the model's dtype/device.
+    pub fingerprint: String,
+    model: Model,
+    special: SpecialTokens,
+}
+
+impl LoadedStack {
+    /// Selects the device, loads the model and compiles its chat template.
+    pub fn load(args: &StackArgs) -> Result<Self, StackError> {
+        let device = select_device(args.device.as_deref())
+            .map_err(|e| StackError::Config(format!("--device: {e}")))?;
+        let dtype =
+            parse_dtype(&args.dtype).map_err(|e| StackError::Config(format!("--dtype: {e}")))?;
+        let loaded = wick_models::load(
+            &args.model,
+            &wick_models::LoadOptions {
+                dtype,
+                device: device.clone(),
+            },
+        )
+        .map_err(|e| StackError::Load(e.to_string()))?;
+        let template = match &args.chat_template {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                StackError::Config(format!("--chat-template {}: {e}", path.display()))
+            })?),
+            None => loaded.chat_template.clone(),
+        };
+        let model_dtype = loaded.model.dtype();
+        tracing::info!(
+            source = %loaded.source,
+            dtype = ?model_dtype,
+            device = %device_name(&device),
+            load_time_s = loaded.load_time.as_secs_f64(),
+            "model loaded"
+        );
+        let g = &loaded.generation_defaults;
+        let defaults = ModelDefaults {
+            temperature: g.temperature.map(|v| v as f32),
+            top_p: g.top_p.map(|v| v as f32),
+            top_k: g.top_k.and_then(|v| usize::try_from(v).ok()),
+        };
+        let prompt = PromptBuilder::new(
+            loaded.tokenizer,
+            template.as_deref(),
+            loaded.special.clone(),
+        )
+        .map_err(|e| StackError::Config(e.to_string()))?;
+        Ok(Self {
+            prompt,
+            defaults,
+            fingerprint: fingerprint(&format!("{model_dtype:?}"), &device_name(&device)),
+            model: loaded.model,
+            special: loaded.special,
+        })
+    }
+
+    /// KV cache bytes that hold `tokens` tokens (rounded up to whole blocks, plus one).
+    pub fn kv_cache_bytes_for(&self, tokens: usize, block_size: usize) -> u64 {
+        let block_bytes = wick_models::KvCache::bytes_per_block(
+            self.model.config(),
+            block_size,
+            self.model.dtype(),
+        );
+        ((tokens.div_ceil(block_size.max(1)) + 1) * block_bytes) as u64
+    }
+
+    /// Starts the engine over the model.
+    pub fn start(self, config: EngineConfig) -> Result<ServingStack, StackError> {
+        let engine = EngineHandle::start(self.model, self.special.eos_token_ids, config)
+            .map_err(|e| StackError::Config(e.to_string()))?;
+        Ok(ServingStack {
+            engine,
+            prompt: self.prompt,
+            defaults: self.defaults,
+            fingerprint: self.fingerprint,
+        })
+    }
+}
+
+/// A model being served: its engine and its prompt side.
+pub struct ServingStack {
+    /// The running engine.
+    pub engine: EngineHandle,
+    /// Tokenizer, chat template, special tokens.
+    pub prompt: PromptBuilder,
+    /// Sampling defaults from the model's generation_config.json.
+    pub defaults: ModelDefaults,
+    /// `system_fingerprint` of responses.
+    pub fingerprint: String,
+}
+
+impl ServingStack {
+    /// Loads the model and starts its engine with `config`.
+    pub fn build(args: &StackArgs, config: EngineConfig) -> Result<Self, StackError> {
+        LoadedStack::load(args)?.start(config)
+    }
+}
+
+/// `fp_wick-<version>-<dtype>-<device>`, lower case.
+fn fingerprint(dtype: &str, device: &str) -> String {
+    format!("fp_wick-{}-{dtype}-{device}", env!("CARGO_PKG_VERSION")).to_lowercase()
+}
