@@ -1,15 +1,13 @@
-//! `wick generate`: load a model, run one prompt greedily through the engine (the same
-//! path `wick serve` uses), print the text.
+//! `wick generate`: load a model, run one prompt greedily through the engine, print the
+//! text. The model, template and engine come from wick-server's serving stack, the same
+//! code `wick serve` builds them with.
 
 use anyhow::{Context, Result};
 use clap::Args;
 use wick_core::{SamplingParams, TokenEvent};
-use wick_engine::{EngineConfig, EngineHandle, EngineRequest};
-use wick_models::device::{device_name, parse_dtype, select_device};
-use wick_models::LoadOptions;
+use wick_engine::{EngineConfig, EngineRequest};
 use wick_server::chat_template::ChatMessage;
-use wick_server::prompt::PromptBuilder;
-
+use wick_server::stack::{LoadedStack, StackArgs};
 /// Arguments of `wick generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -38,20 +36,13 @@ pub struct GenerateArgs {
 
 /// Runs `wick generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let device = select_device(args.device.as_deref())?;
-    tracing::info!(device = %device_name(&device), "device selected");
-    let loaded = wick_models::load(
-        &args.model,
-        &LoadOptions {
-            dtype: parse_dtype(&args.dtype)?,
-            device,
-        },
-    )?;
-    let prompt = PromptBuilder::new(
-        loaded.tokenizer,
-        loaded.chat_template.as_deref(),
-        loaded.special.clone(),
-    )?;
+    let loaded = LoadedStack::load(&StackArgs {
+        model: args.model.clone(),
+        dtype: args.dtype.clone(),
+        device: args.device.clone(),
+        chat_template: None,
+    })?;
+    let prompt = &loaded.prompt;
     let ids = if args.chat {
         anyhow::ensure!(
             prompt.has_chat_template(),
@@ -65,25 +56,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         prompt.encode(&args.prompt, true)?
     };
     // A cache just large enough for this one request.
-    let block_bytes = wick_models::KvCache::bytes_per_block(
-        loaded.model.config(),
-        wick_models::DEFAULT_BLOCK_SIZE,
-        loaded.model.dtype(),
-    );
-    let blocks = (ids.len() + args.max_tokens).div_ceil(wick_models::DEFAULT_BLOCK_SIZE) + 1;
-    let engine = EngineHandle::start(
-        loaded.model,
-        loaded.special.eos_token_ids.clone(),
-        EngineConfig {
-            max_num_seqs: 1,
-            max_num_batched_tokens: args.chunk.max(1),
-            kv_cache_memory: Some((blocks * block_bytes) as u64),
-            ..EngineConfig::default()
-        },
-    )?;
-    let mut stream = engine.submit(EngineRequest {
+    let config = EngineConfig::default();
+    let kv_cache_memory = loaded.kv_cache_bytes_for(ids.len() + args.max_tokens, config.block_size);
+    let stack = loaded.start(EngineConfig {
+        max_num_seqs: 1,
+        max_num_batched_tokens: args.chunk.max(1),
+        kv_cache_memory: Some(kv_cache_memory),
+        ..config
+    })?;
+    let mut stream = stack.engine.submit(EngineRequest {
         prompt_token_ids: ids,
         params: SamplingParams::greedy(args.max_tokens),
+        ..Default::default()
     })?;
     let mut out = vec![];
     while let Some(event) = stream.blocking_next() {
@@ -99,7 +83,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             TokenEvent::Error(e) => return Err(e).context("generation failed"),
         }
     }
-    engine.shutdown();
-    println!("{}", prompt.decode(&out, true)?);
+    stack.engine.shutdown();
+    println!("{}", stack.prompt.decode(&out, true)?);
     Ok(())
 }

@@ -51,8 +51,11 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(wick_server::run(args))?;
-            Ok(())
+            let served = runtime.block_on(wick_server::run(args));
+            // Do not wait on stray blocking tasks (a dead engine's server exits promptly).
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            // An error (the engine died, a bad flag) exits non-zero.
+            Ok(served?)
         }
         Command::Generate(args) => {
             init_logs(LogFormat::Text);
