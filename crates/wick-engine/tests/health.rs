@@ -52,7 +52,7 @@ fn request(max_tokens: usize) -> EngineRequest {
 
 /// The next event of `stream`, failing the test after [`PATIENCE`].
 fn next_event(rt: &tokio::runtime::Runtime, stream: &mut RequestStream) -> Option<TokenEvent> {
-    rt.block_on(tokio::time::timeout(PATIENCE, stream.next()))
+    rt.block_on(async { tokio::time::timeout(PATIENCE, stream.next()).await })
         .expect("no event in time: the engine hangs")
 }
 
