@@ -1,13 +1,35 @@
-//! Prometheus metrics, named like vLLM's with a `wick:` prefix, rendered as text for
-//! GET /metrics. Histograms and counters are recorded by the handlers as requests end;
-//! gauges (running, waiting, KV usage) and the engine's own counters are read from
-//! [`EngineStats`] at scrape time.
+//! Prometheus metrics, named like vLLM's with a `wick:` prefix, exposed on GET /metrics
+//! in the Prometheus text format (version 0.0.4, [`CONTENT_TYPE`]) through the
+//! `prometheus-client` crate.
+//!
+//! Histograms and counters are recorded by the handlers as requests end; gauges (running,
+//! waiting, KV usage, engine alive), the engine's own counters and its step-duration
+//! histogram are read from [`EngineStats`] and [`EngineHealth`] at scrape time into a
+//! registry built for that one scrape.
+//!
+//! Invariants: the exposed names and label sets are wick's public interface (dashboards,
+//! alert rules, `wick bench` read them): every family carries `model_name` except
+//! `wick:http_requests_total` (`route`, `status`). prometheus-client appends `_total` to
+//! counters, so counters are registered without it. Label values are sanitised once, when
+//! recorded, so the text always parses.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::fmt;
+
+use prometheus_client::encoding::{
+    prometheus_text, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use wick_core::RequestMetrics;
-use wick_engine::EngineStats;
+use wick_engine::{DurationHistogram, EngineHealth, EngineStats};
+
+/// The `Content-Type` of what [`Metrics::render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -17,283 +39,255 @@ const ITL_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
     0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
 ];
+/// The finish reasons always exposed (at 0 until one happens).
+const FINISH_REASONS: [&str; 3] = ["stop", "length", "abort"];
 
-#[derive(Debug, Clone)]
-struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    finished_reason: &'static str,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, v: f64) {
-        if !v.is_finite() {
-            return;
-        }
-        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Recorded {
-    ttft: Histogram,
-    itl: Histogram,
-    e2e: Histogram,
-    queue: Histogram,
-    prompt_tokens: u64,
-    generation_tokens: u64,
-    success: BTreeMap<&'static str, u64>,
-    http: BTreeMap<(String, u16), u64>,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    status: u16,
 }
 
 /// The server's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     model_name: String,
-    recorded: Mutex<Recorded>,
+    ttft: Histogram,
+    itl: Histogram,
+    e2e: Histogram,
+    queue: Histogram,
+    prompt_tokens: Counter,
+    generation_tokens: Counter,
+    success: Family<ReasonLabels, Counter>,
+    http: Family<HttpLabels, Counter>,
+}
+
+/// `s` with the characters that would need escaping in a label value replaced by `_`.
+fn sanitize(s: &str) -> String {
+    s.replace(['\\', '"', '\n'], "_")
 }
 
 impl Metrics {
     /// Empty metrics labelled with `model_name`.
     pub fn new(model_name: &str) -> Self {
-        Self {
-            model_name: model_name.replace(['\\', '"', '\n'], "_"),
-            recorded: Mutex::new(Recorded {
-                ttft: Histogram::new(LATENCY_BUCKETS),
-                itl: Histogram::new(ITL_BUCKETS),
-                e2e: Histogram::new(LATENCY_BUCKETS),
-                queue: Histogram::new(LATENCY_BUCKETS),
-                prompt_tokens: 0,
-                generation_tokens: 0,
-                success: BTreeMap::new(),
-                http: BTreeMap::new(),
-            }),
+        let success = Family::default();
+        for finished_reason in FINISH_REASONS {
+            let _ = success.get_or_create(&ReasonLabels { finished_reason });
         }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut Recorded) -> R) -> R {
-        let mut guard = match self.recorded.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&mut guard)
+        Self {
+            model_name: sanitize(model_name),
+            ttft: Histogram::new(LATENCY_BUCKETS.iter().copied()),
+            itl: Histogram::new(ITL_BUCKETS.iter().copied()),
+            e2e: Histogram::new(LATENCY_BUCKETS.iter().copied()),
+            queue: Histogram::new(LATENCY_BUCKETS.iter().copied()),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            success,
+            http: Family::default(),
+        }
     }
 
     /// A request that finished in the engine; `finish_reasons` has one entry per
     /// completion.
     pub fn record_finished(&self, m: &RequestMetrics, finish_reasons: &[&'static str]) {
-        self.with(|r| {
-            r.ttft.observe(m.ttft_s);
-            r.e2e.observe(m.e2e_s);
-            r.queue.observe(m.queue_time_s);
-            for &t in &m.inter_token_s {
-                r.itl.observe(t);
-            }
-            r.prompt_tokens += m.prompt_tokens as u64;
-            r.generation_tokens += m.generation_tokens as u64;
-            for reason in finish_reasons {
-                *r.success.entry(reason).or_insert(0) += 1;
-            }
-        });
+        observe(&self.ttft, m.ttft_s);
+        observe(&self.e2e, m.e2e_s);
+        observe(&self.queue, m.queue_time_s);
+        for &t in &m.inter_token_s {
+            observe(&self.itl, t);
+        }
+        self.prompt_tokens.inc_by(m.prompt_tokens as u64);
+        self.generation_tokens.inc_by(m.generation_tokens as u64);
+        for &finished_reason in finish_reasons {
+            self.success
+                .get_or_create(&ReasonLabels { finished_reason })
+                .inc();
+        }
     }
 
     /// A request that ended early (client gone, error): its tokens still count.
     pub fn record_unfinished(&self, prompt_tokens: usize, generation_tokens: usize) {
-        self.with(|r| {
-            r.prompt_tokens += prompt_tokens as u64;
-            r.generation_tokens += generation_tokens as u64;
-        });
+        self.prompt_tokens.inc_by(prompt_tokens as u64);
+        self.generation_tokens.inc_by(generation_tokens as u64);
     }
 
     /// One HTTP request answered.
     pub fn record_http(&self, route: &str, status: u16) {
-        self.with(|r| *r.http.entry((route.to_string(), status)).or_insert(0) += 1);
+        let route = sanitize(route);
+        self.http.get_or_create(&HttpLabels { route, status }).inc();
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self, stats: &EngineStats) -> String {
-        let r = self.with(|r| r.clone());
-        let labels = format!("model_name=\"{}\"", self.model_name);
-        let mut out = String::with_capacity(16 * 1024);
-        let mut scalar = |name: &str, kind: &str, help: &str, v: f64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {v}"
-            );
-        };
-        scalar(
+    /// Prometheus text exposition (version 0.0.4: serve it with [`CONTENT_TYPE`]).
+    /// `health` is `None` while the model loads.
+    pub fn render(&self, stats: &EngineStats, health: Option<&EngineHealth>) -> String {
+        let model_label = (
+            Cow::Borrowed("model_name"),
+            Cow::Owned(self.model_name.clone()),
+        );
+        let mut r = Registry::with_labels(std::iter::once(model_label));
+        r.register(
             "wick:num_requests_running",
-            "gauge",
-            "Sequences running.",
-            stats.num_running as f64,
+            "Sequences running",
+            gauge(stats.num_running),
         );
-        scalar(
+        r.register(
             "wick:num_requests_waiting",
-            "gauge",
-            "Sequences waiting.",
-            stats.num_waiting as f64,
+            "Sequences waiting",
+            gauge(stats.num_waiting),
         );
-        scalar(
+        r.register(
             "wick:kv_cache_usage_perc",
-            "gauge",
-            "Fraction of KV cache blocks in use (0-1).",
-            stats.kv_usage,
+            "Fraction of KV cache blocks in use (0-1)",
+            ConstGauge::new(stats.kv_usage),
         );
-        scalar(
+        r.register(
             "wick:kv_cache_used_blocks",
-            "gauge",
-            "KV cache blocks in use.",
-            stats.num_used_blocks as f64,
+            "KV cache blocks in use",
+            gauge(stats.num_used_blocks),
         );
-        scalar(
-            "wick:num_preemptions_total",
-            "counter",
-            "Preemptions.",
-            stats.num_preemptions as f64,
+        // Counters: prometheus-client adds the `_total` suffix.
+        r.register(
+            "wick:num_preemptions",
+            "Preemptions",
+            ConstCounter::new(stats.num_preemptions),
         );
-        scalar(
-            "wick:prefix_cache_queries_total",
-            "counter",
-            "Prompt tokens looked up in the prefix cache.",
-            stats.prefix_cache_queries as f64,
+        r.register(
+            "wick:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            ConstCounter::new(stats.prefix_cache_queries),
         );
-        scalar(
-            "wick:prefix_cache_hits_total",
-            "counter",
-            "Prompt tokens found in the prefix cache.",
-            stats.prefix_cache_hits as f64,
+        r.register(
+            "wick:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache",
+            ConstCounter::new(stats.prefix_cache_hits),
         );
-        scalar(
-            "wick:prompt_tokens_total",
-            "counter",
-            "Prompt tokens processed.",
-            r.prompt_tokens as f64,
+        r.register(
+            "wick:prompt_tokens",
+            "Prompt tokens processed",
+            self.prompt_tokens.clone(),
         );
-        scalar(
-            "wick:generation_tokens_total",
-            "counter",
-            "Tokens generated.",
-            r.generation_tokens as f64,
+        r.register(
+            "wick:generation_tokens",
+            "Tokens generated",
+            self.generation_tokens.clone(),
         );
-        scalar(
-            "wick:engine_steps_total",
-            "counter",
-            "Engine steps run.",
-            stats.steps as f64,
+        r.register(
+            "wick:engine_steps",
+            "Engine steps run",
+            ConstCounter::new(stats.steps),
         );
-        let _ = writeln!(
-            out,
-            "# HELP wick:request_success_total Requests finished, by finish reason.\n# TYPE wick:request_success_total counter"
+        r.register(
+            "wick:request_success",
+            "Requests finished, by finish reason",
+            self.success.clone(),
         );
-        for reason in ["stop", "length", "abort"] {
-            let n = r.success.get(reason).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "wick:request_success_total{{{labels},finished_reason=\"{reason}\"}} {n}"
+        r.register(
+            "wick:time_to_first_token_seconds",
+            "Time to first token",
+            self.ttft.clone(),
+        );
+        r.register(
+            "wick:inter_token_latency_seconds",
+            "Time between consecutive tokens",
+            self.itl.clone(),
+        );
+        r.register(
+            "wick:e2e_request_latency_seconds",
+            "Arrival to last token",
+            self.e2e.clone(),
+        );
+        r.register(
+            "wick:request_queue_time_seconds",
+            "Arrival to first scheduled step",
+            self.queue.clone(),
+        );
+        let alive = health.is_some_and(EngineHealth::is_healthy);
+        r.register(
+            "wick:engine_alive",
+            "1 while the engine thread is alive and stepping, 0 when stalled, dead or loading",
+            ConstGauge::<i64>::new(alive.into()),
+        );
+        r.register(
+            "wick:engine_step_duration_seconds",
+            "Duration of one engine step",
+            StepHistogram::from(&stats.step_duration),
+        );
+        if let Some(t) = stats.last_step_unix_s {
+            r.register(
+                "wick:engine_last_step_timestamp_seconds",
+                "Unix time the last engine step finished",
+                ConstGauge::new(t),
             );
         }
-        r.ttft.render(
-            &mut out,
-            "wick:time_to_first_token_seconds",
-            "Time to first token.",
-            &labels,
+
+        let mut http = Registry::default();
+        http.register(
+            "wick:http_requests",
+            "HTTP requests by route and status",
+            self.http.clone(),
         );
-        r.itl.render(
-            &mut out,
-            "wick:inter_token_latency_seconds",
-            "Time between consecutive tokens.",
-            &labels,
-        );
-        r.e2e.render(
-            &mut out,
-            "wick:e2e_request_latency_seconds",
-            "Arrival to last token.",
-            &labels,
-        );
-        r.queue.render(
-            &mut out,
-            "wick:request_queue_time_seconds",
-            "Arrival to first scheduled step.",
-            &labels,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP wick:http_requests_total HTTP requests by route and status.\n# TYPE wick:http_requests_total counter"
-        );
-        for ((route, status), n) in &r.http {
-            let route = route.replace(['\\', '"', '\n'], "_");
-            let _ = writeln!(
-                out,
-                "wick:http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+
+        let mut out = String::with_capacity(16 * 1024);
+        for registry in [&r, &http] {
+            // Writing to a String fails only if a label value cannot be encoded, and
+            // every value here is a plain string or number.
+            if let Err(e) = prometheus_text::encode(&mut out, registry) {
+                tracing::error!("cannot encode metrics: {e}");
+            }
         }
         out
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Records `v`, ignoring non-finite values (a clock gone backwards, a missing time).
+fn observe(h: &Histogram, v: f64) {
+    if v.is_finite() {
+        h.observe(v);
+    }
+}
 
-    #[test]
-    fn renders_counters_histograms_and_gauges() {
-        let m = Metrics::new("smol");
-        m.record_finished(
-            &RequestMetrics {
-                prompt_tokens: 10,
-                generation_tokens: 3,
-                ttft_s: 0.03,
-                e2e_s: 0.2,
-                inter_token_s: vec![0.01, 0.02],
-                ..Default::default()
-            },
-            &["length"],
-        );
-        m.record_unfinished(5, 2);
-        m.record_http("/v1/completions", 200);
-        let text = m.render(&EngineStats {
-            num_running: 2,
-            kv_usage: 0.25,
-            ..Default::default()
-        });
-        for line in [
-            "wick:prompt_tokens_total{model_name=\"smol\"} 15",
-            "wick:generation_tokens_total{model_name=\"smol\"} 5",
-            "wick:num_requests_running{model_name=\"smol\"} 2",
-            "wick:kv_cache_usage_perc{model_name=\"smol\"} 0.25",
-            "wick:request_success_total{model_name=\"smol\",finished_reason=\"length\"} 1",
-            "wick:time_to_first_token_seconds_bucket{model_name=\"smol\",le=\"0.04\"} 1",
-            "wick:time_to_first_token_seconds_bucket{model_name=\"smol\",le=\"0.02\"} 0",
-            "wick:inter_token_latency_seconds_count{model_name=\"smol\"} 2",
-            "wick:http_requests_total{route=\"/v1/completions\",status=\"200\"} 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+fn gauge(n: usize) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The engine's step-duration histogram, plain data read at scrape time, as a metric.
+#[derive(Debug)]
+struct StepHistogram {
+    /// (upper bound, count in that bucket alone); `+Inf` is added from `count`.
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl From<&DurationHistogram> for StepHistogram {
+    fn from(h: &DurationHistogram) -> Self {
+        Self {
+            buckets: h
+                .bounds
+                .iter()
+                .copied()
+                .zip(h.counts.iter().copied())
+                .collect(),
+            sum: h.sum,
+            count: h.count,
         }
     }
 }
+
+impl EncodeMetric for StepHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests;
