@@ -1,5 +1,5 @@
 //! Whether the engine is alive and stepping: [`EngineHealth`], computed on demand by
-//! [`super::EngineHandle::health`] from a [`Monitor`] the loop writes and the thread's
+//! [`super::EngineHandle::health`] from a `Monitor` the loop writes and the thread's
 //! join handle.
 //!
 //! Invariants: an engine with no work (nothing running, waiting or submitted) is never

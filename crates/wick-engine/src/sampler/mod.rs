@@ -5,7 +5,7 @@
 //! batch. Logprobs (chosen and top-N alternatives) are those of the model's raw
 //! distribution, as vLLM reports them by default.
 //!
-//! A sequence may carry a [`LogitsProcessor`] ([`processor`]): its
+//! A sequence may carry a [`LogitsProcessor`] (the `processor` module): its
 //! [`SamplingConstraint`] (allowed-token bitset, bias list) is applied where logit_bias
 //! is, and it is told every token sampled.
 //!
