@@ -195,7 +195,7 @@ async fn api_keys_are_required_and_flags_come_from_a_config_file() {
     }
     let r = server.get("/v1/models").await;
     assert_eq!(r.status(), 401);
-    for open in ["/health", "/metrics"] {
+    for open in ["/health", "/ready", "/metrics"] {
         let r = server.get(open).await;
         assert_eq!(r.status(), 200, "{open}");
     }

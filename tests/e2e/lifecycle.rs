@@ -1,6 +1,7 @@
 //! Clients that leave, many clients at once, and shutdown: a dropped stream or request
 //! frees its blocks (seen in /metrics); 64 concurrent streams each equal their solo
-//! result; SIGTERM drains in-flight requests, answers 503 meanwhile, and exits 0.
+//! result; SIGTERM drains in-flight requests (meanwhile /ready and new requests answer
+//! 503, /health stays 200) and exits 0.
 
 use crate::support::*;
 use futures_util::StreamExt;
@@ -91,16 +92,23 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         .status()
         .unwrap();
     assert!(status.success());
-    // While draining: health and new requests get 503 (the listener stays open).
+    // While draining: not ready (503), still alive (health 200), new requests get 503
+    // (the listener stays open).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = server.get("/health").await;
+        let r = server.get("/ready").await;
         if r.status() == 503 {
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["status"], "draining", "{v}");
             break;
         }
-        assert!(Instant::now() < deadline, "health never went 503");
+        assert!(Instant::now() < deadline, "ready never went 503");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let r = server.get("/health").await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "draining", "{v}");
     let (s, v) = server
         .post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}))
         .await;

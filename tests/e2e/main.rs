@@ -5,10 +5,12 @@
 //!
 //! Needs the model (scripts/fetch-test-model.sh) and, for the Python client, the venv
 //! (scripts/python-venv.sh); both are set up by scripts/test.sh.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
 mod bench;
 mod errors;
+mod faults;
 mod generate;
 mod lifecycle;
 mod python_client;

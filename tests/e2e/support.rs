@@ -15,7 +15,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `wick serve` on SmolLM2 with `extra` flags and waits until /health is 200.
+    /// Starts `wick serve` on SmolLM2 with `extra` flags and waits until /health is 200
+    /// (503 while loading); /ready is then 200 too.
     pub async fn start(extra: &[&str]) -> Server {
         let gguf = wick_test_support::smollm2_gguf();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
@@ -73,6 +74,8 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Alive and not draining: ready too.
+        assert_eq!(server.get("/ready").await.status(), 200);
         server
     }
 
