@@ -130,7 +130,9 @@ impl From<crate::stack::StackError> for ServeError {
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT and a clean drain.
+/// Runs the server until SIGTERM/SIGINT and a clean drain (`Ok`), or until the engine
+/// dies ([`ServeError::EngineDied`], a few seconds after, so in-flight requests get
+/// their errors written).
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let bytes = |name: &str, v: &str| {
         wick_core::parse_bytes(v).map_err(|e| ServeError::Config(format!("--{name}: {e}")))
