@@ -21,15 +21,15 @@ pub struct SequenceChunk<'a> {
 /// The flattened batch for one forward pass.
 #[derive(Debug)]
 pub struct ModelInput {
-    /// u32 [num_tokens]
+    /// u32 `[num_tokens]`
     pub input_ids: Tensor,
-    /// u32 [num_tokens]: each token's position in its sequence.
+    /// u32 `[num_tokens]`: each token's position in its sequence.
     pub positions: Tensor,
-    /// i64 [num_tokens]: cache slot each token's K/V is written to.
+    /// i64 `[num_tokens]`: cache slot each token's K/V is written to.
     pub slot_mapping: Tensor,
     /// Ragged-batch description for paged attention.
     pub attention: PagedAttentionMetadata,
-    /// u32 [num_seqs]: row of each sequence's last token, whose logits are returned.
+    /// u32 `[num_seqs]`: row of each sequence's last token, whose logits are returned.
     pub logits_indices: Tensor,
     /// Number of sequences in the batch.
     pub num_seqs: usize,
