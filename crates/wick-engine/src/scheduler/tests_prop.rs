@@ -145,8 +145,8 @@ fn run(c: SchedulerConfig, reqs: Vec<Req>, stop: Option<u32>) -> Result<(), Test
             prop_assert_eq!(&x.block_table[..], s.kv().block_table(x.seq));
             // The model writes this step's K/V, each slot once...
             let ids = prefix_ids(toks);
-            let slots = super::tests::slot_mapping(x, bs)
-                .ok_or_else(|| TestCaseError::fail("table"))?;
+            let slots =
+                super::tests::slot_mapping(x, bs).ok_or_else(|| TestCaseError::fail("table"))?;
             for (p, slot) in x.positions().zip(slots) {
                 prop_assert!(written.insert(slot), "slot {} written twice", slot);
                 kv.insert(slot, ids[p]);
