@@ -37,7 +37,7 @@ pub enum LogFormat {
 /// Settings of `wick serve` (each may also come from `--config FILE`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Model: a Hugging Face directory, a .gguf file, or a hub id org/name[@revision].
+    /// Model: a Hugging Face directory, a .gguf file, or a hub id org/name (optionally @revision).
     #[arg(long)]
     pub model: String,
     /// Address to listen on.

@@ -16,7 +16,7 @@ use wick_models::{Model, SpecialTokens};
 /// What the stack is built from (the model-related flags of `serve` and `generate`).
 #[derive(Debug, Clone, Default)]
 pub struct StackArgs {
-    /// A Hugging Face directory, a .gguf file, or a hub id org/name[@revision].
+    /// A Hugging Face directory, a .gguf file, or a hub id org/name (optionally @revision).
     pub model: String,
     /// auto, f32, f16 or bf16.
     pub dtype: String,

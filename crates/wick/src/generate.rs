@@ -11,7 +11,7 @@ use wick_server::stack::{LoadedStack, StackArgs};
 /// Arguments of `wick generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model: a Hugging Face directory, a .gguf file, or a hub id org/name[@revision].
+    /// Model: a Hugging Face directory, a .gguf file, or a hub id org/name (optionally @revision).
     #[arg(long)]
     model: String,
     /// The prompt text.
