@@ -15,8 +15,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `wick serve` on SmolLM2 with `extra` flags and waits until /health is 200
-    /// (503 while loading); /ready is then 200 too.
+    /// Starts `wick serve` on SmolLM2 with `extra` flags and waits until /ready is 200
+    /// (503 while loading, while /health is already 200).
     pub async fn start(extra: &[&str]) -> Server {
         let gguf = wick_test_support::smollm2_gguf();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
@@ -61,11 +61,14 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            if let Ok(r) = server.client.get(server.url("/health")).send().await {
+            if let Ok(r) = server.client.get(server.url("/ready")).send().await {
                 if r.status() == 200 {
                     break;
                 }
-                assert_eq!(r.status(), 503, "health while loading");
+                assert_eq!(r.status(), 503, "ready while loading");
+                // Alive while loading: liveness is 200, saying so.
+                let health = server.get("/health").await;
+                assert_eq!(health.status(), 200, "health while loading");
             }
             assert!(
                 Instant::now() < deadline,

@@ -1,5 +1,5 @@
-//! `wick serve`: its settings ([`ServeArgs`]) and its life: bind, answer `/health` and
-//! `/ready` with 503 while the model loads, serve, watch the engine, and on
+//! `wick serve`: its settings ([`ServeArgs`]) and its life: bind, answer `/ready` with
+//! 503 (and `/health` with 200: alive) while the model loads, serve, watch the engine, and on
 //! SIGTERM/SIGINT drain (stop taking requests, `/ready` 503, let in-flight ones finish up
 //! to `--drain-timeout`) before exiting cleanly.
 //!
@@ -164,7 +164,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let local = listener
         .local_addr()
         .map_err(|e| ServeError::Bind(addr, e))?;
-    tracing::info!(address = %local, "listening (health is 503 until the model has loaded)");
+    tracing::info!(address = %local, "listening (/ready is 503 until the model has loaded)");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = crate::routes::router(state.clone());

@@ -105,11 +105,17 @@ impl AppState {
     }
 
     /// Liveness (`/health`): 200 while the process and its backend are alive and making
-    /// progress, draining included; 503 while loading (there is no engine yet to be
-    /// alive) or when the backend is not healthy.
+    /// progress, loading and draining included (a liveness probe must not restart a
+    /// process mid-load); 503 when the backend is not healthy.
     pub fn liveness(&self) -> (StatusCode, HealthResponse) {
         let Some(serving) = self.loaded() else {
-            return unavailable("loading", None);
+            return (
+                StatusCode::OK,
+                HealthResponse {
+                    status: "loading",
+                    reason: None,
+                },
+            );
         };
         if let Some(sick) = unhealthy(serving.backend.health()) {
             return sick;

@@ -15,9 +15,9 @@ async fn health_and_ready_follow_the_lifecycle_and_the_backend() {
         let h = &h;
         async move { h.get(path).await }
     };
-    // Loading: neither (no engine yet to be alive).
+    // Loading: alive (a liveness probe must not kill a process mid-load), not ready.
     let (s, v) = probe("/health").await;
-    assert_eq!((s, v["status"].as_str()), (503, Some("loading")));
+    assert_eq!((s, v["status"].as_str()), (200, Some("loading")));
     let (s, v) = probe("/ready").await;
     assert_eq!((s, v["status"].as_str()), (503, Some("loading")));
 
