@@ -2,7 +2,8 @@
 //! fixtures are, and how a generation is compared against them (as
 //! ../shared/fixtures/smollm2/README.md says). Panics are the point here: a missing
 //! fixture fails the test that needs it, loudly, never skips it. Also [`greedy`]:
-//! greedy decoding straight on a [`wick_models::Model`], without the engine.
+//! greedy decoding straight on a [`wick_models::Model`], without the engine; the SSE
+//! payload splitter the server's handler tests and the end-to-end tests share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod greedy;
@@ -146,4 +147,32 @@ pub fn golden_json() -> serde_json::Value {
     let path = fixtures_dir().join("smollm2/golden.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_payloads(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// SmolLM2 (the test model) loaded in `dtype` on the CPU: the model, its tokenizer and
+/// its special tokens.
+pub fn load_smollm2(dtype: candle_core::DType) -> wick_models::LoadedModel {
+    let path = smollm2_gguf();
+    wick_models::load(
+        path.to_str().expect("utf-8 path"),
+        &wick_models::LoadOptions {
+            dtype: Some(dtype),
+            device: candle_core::Device::Cpu,
+        },
+    )
+    .expect("load SmolLM2")
 }

@@ -6,22 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use std::time::{Duration, Instant};
 use wick_core::{FinishReason, RequestMetrics, SamplingParams, TokenEvent};
 use wick_engine::{EngineConfig, EngineHandle, EngineRequest, EngineStats, RequestStream};
 use wick_models::KvCache;
-use wick_test_support::{assert_ids_match_golden, golden_cases, smollm2_gguf};
+use wick_test_support::{assert_ids_match_golden, golden_cases, load_smollm2};
 
 fn start(config: impl FnOnce(usize) -> EngineConfig) -> EngineHandle {
-    let loaded = wick_models::load(
-        smollm2_gguf().to_str().expect("utf-8 path"),
-        &wick_models::LoadOptions {
-            dtype: Some(DType::F32),
-            device: Device::Cpu,
-        },
-    )
-    .expect("load SmolLM2");
+    let loaded = load_smollm2(DType::F32);
     let block_bytes = KvCache::bytes_per_block(loaded.model.config(), 16, DType::F32);
     EngineHandle::start(
         loaded.model,

@@ -10,24 +10,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use std::time::{Duration, Instant};
 use wick_core::{ErrorKind, SamplingParams, TokenEvent};
 use wick_engine::{EngineConfig, EngineHandle, EngineHealth, EngineRequest, Fault, RequestStream};
-use wick_test_support::{golden_cases, smollm2_gguf};
+use wick_test_support::{golden_cases, load_smollm2};
 
 /// Longest any single wait may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn start(config: EngineConfig) -> EngineHandle {
-    let loaded = wick_models::load(
-        smollm2_gguf().to_str().expect("utf-8 path"),
-        &wick_models::LoadOptions {
-            dtype: Some(DType::F32),
-            device: Device::Cpu,
-        },
-    )
-    .expect("load SmolLM2");
+    let loaded = load_smollm2(DType::F32);
     EngineHandle::start(
         loaded.model,
         loaded.special.eos_token_ids,

@@ -3,19 +3,11 @@
 //! holds a broken character, even where characters are split across tokens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use wick_models::LoadOptions;
 use wick_server::detokenizer::IncrementalDetokenizer;
 use wick_server::prompt::PromptBuilder;
 
 fn builder() -> PromptBuilder {
-    let loaded = wick_models::load(
-        wick_test_support::smollm2_gguf().to_str().expect("utf-8"),
-        &LoadOptions {
-            dtype: None,
-            device: candle_core::Device::Cpu,
-        },
-    )
-    .expect("load SmolLM2");
+    let loaded = wick_test_support::load_smollm2(candle_core::DType::F32);
     PromptBuilder::new(
         loaded.tokenizer,
         loaded.chat_template.as_deref(),

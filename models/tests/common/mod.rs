@@ -13,16 +13,7 @@ use candle_core::{DType, Device};
 use wick_models::{KvCache, LoadedModel, Model, ModelInput, SequenceChunk};
 use wick_test_support::greedy::log_softmax;
 
-pub fn load_smollm2(dtype: DType) -> LoadedModel {
-    wick_models::load(
-        smollm2_gguf().to_str().unwrap(),
-        &wick_models::LoadOptions {
-            dtype: Some(dtype),
-            device: Device::Cpu,
-        },
-    )
-    .expect("load SmolLM2 GGUF")
-}
+pub use wick_test_support::load_smollm2;
 
 /// One sequence in a [`run_batch`].
 pub struct Seq {

@@ -15,6 +15,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use wick_server::prompt::PromptBuilder;
 use wick_server::state::{AppState, Serving};
+use wick_test_support::sse_payloads;
 
 /// The fake model's words, by id. Whitespace separates tokens; decoding joins them with
 /// spaces.
@@ -183,20 +184,6 @@ impl Harness {
         assert!(ct.starts_with("text/event-stream"), "{ct}");
         sse_payloads(&r.text().await.unwrap())
     }
-}
-
-/// The `data:` payloads of an SSE body.
-pub fn sse_payloads(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            (!data.is_empty()).then(|| data.join("\n"))
-        })
-        .collect()
 }
 
 /// Ids of `words` in [`VOCAB`].

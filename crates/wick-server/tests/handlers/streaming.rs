@@ -170,7 +170,7 @@ async fn a_client_leaving_mid_stream_drops_the_backend_stream() {
     let mut seen = 0;
     while seen < 3 {
         let chunk = bytes.next().await.unwrap().unwrap();
-        seen += crate::sse_payloads(std::str::from_utf8(&chunk).unwrap()).len();
+        seen += wick_test_support::sse_payloads(std::str::from_utf8(&chunk).unwrap()).len();
     }
     assert_eq!(h.backend.live_streams(), 1);
     assert_eq!(h.state.in_flight(), 1);
