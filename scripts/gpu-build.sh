@@ -21,9 +21,12 @@ rm -rf "$out/bin" "$out/bin.tar.xz"
 mkdir -p "$out/bin"
 start=$SECONDS
 
-# One cargo invocation for every target, so that candle is built once with one feature set.
-pkgs=(-p wick -p wick-models -p wick-kernels)
-targets=(--bin wick --example logits_dump --example forward_bench --test ops)
+# The binary in a cargo invocation of its own: with test or example targets beside it,
+# cargo turns on wick's dev-dependency features (test-only fault injection), which
+# wick-server refuses to compile in release builds. Candle's build is shared by both.
+pkgs=(-p wick-models -p wick-kernels)
+targets=(--example logits_dump --example forward_bench --test ops)
+cargo_ build --release --features cuda -p wick --bin wick
 cargo_ build --release --features cuda "${pkgs[@]}" "${targets[@]}"
 cp "$CARGO_TARGET_DIR/release/wick" "$out/bin/"
 cp "$CARGO_TARGET_DIR/release/examples/logits_dump" "$CARGO_TARGET_DIR/release/examples/forward_bench" "$out/bin/"

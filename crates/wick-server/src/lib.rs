@@ -9,6 +9,16 @@
 //! [`stack`] builds the model and engine (for `wick serve` and `wick generate`);
 //! [`serve`] runs the server's life (load, serve, watch the engine, drain).
 
+// `cargo test` turns fault injection on through wick's dev-dependencies, and cargo does
+// so for ANY build that also builds a test or example target of the wick package: a
+// release binary must never carry `--fault-inject`, so such a build fails here instead.
+#[cfg(all(feature = "fault-injection", not(debug_assertions)))]
+compile_error!(
+    "the fault-injection feature is for test builds only: build release binaries in a \
+     cargo invocation of their own (`cargo build --release -p wick --bin wick`), without \
+     test or example targets"
+);
+
 pub mod backend;
 pub mod chat_template;
 pub mod detokenizer;
