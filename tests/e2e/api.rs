@@ -117,7 +117,7 @@ async fn golden_through_chat_and_completions(server: &Server) {
 
         // Streamed: role chunk (chat), deltas, finish chunk, usage chunk, [DONE].
         let (path, body) = request_for(&case, true);
-        let chunks = chunks(&server.stream(path, &body).await);
+        let chunks = sse_chunks(&server.stream(path, &body).await);
         check_text(&case, &streamed_text(&chunks, 0), &expected);
         if case.messages.is_some() {
             assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
@@ -200,7 +200,7 @@ async fn stop_strings_across_token_boundaries(server: &Server) {
         let body = json!({"prompt": case.prompt, "max_tokens": case.max_tokens, "temperature": 0,
                           "stop": ["never-appears", stop], "stream": stream});
         let (text, finish) = if stream {
-            let chunks = chunks(&server.stream("/v1/completions", &body).await);
+            let chunks = sse_chunks(&server.stream("/v1/completions", &body).await);
             let finish = chunks
                 .iter()
                 .flat_map(|c| c["choices"].as_array().unwrap().clone())
@@ -236,7 +236,7 @@ async fn multibyte_text_streams_whole(server: &Server) {
     assert!(!whole.contains('\u{FFFD}'), "{whole:?}");
     let mut body = body.clone();
     body["stream"] = json!(true);
-    let chunks = chunks(&server.stream("/v1/completions", &body).await);
+    let chunks = sse_chunks(&server.stream("/v1/completions", &body).await);
     assert_eq!(streamed_text(&chunks, 0), whole);
     for c in &chunks {
         let t = c["choices"][0]["text"].as_str().unwrap_or("");

@@ -61,12 +61,15 @@ async fn disconnects_free_blocks_and_64_concurrent_streams_match_solo() {
     let mut solo = vec![];
     for i in 0..cases.len() {
         let (path, b) = request(i);
-        solo.push(streamed_text(&chunks(&server.stream(path, &b).await), 0));
+        solo.push(streamed_text(
+            &sse_chunks(&server.stream(path, &b).await),
+            0,
+        ));
     }
     let all = futures_util::future::join_all((0..64).map(|i| {
         let (path, b) = request(i);
         let server = &server;
-        async move { streamed_text(&chunks(&server.stream(path, &b).await), 0) }
+        async move { streamed_text(&sse_chunks(&server.stream(path, &b).await), 0) }
     }))
     .await;
     assert_eq!(all.len(), 64);
@@ -78,7 +81,7 @@ async fn disconnects_free_blocks_and_64_concurrent_streams_match_solo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let mut server = Server::start(&["--drain-timeout", "60"]).await;
+    let mut server = Server::start(&["--drain-timeout", "300"]).await;
     let body =
         json!({"prompt": "Count slowly:", "max_tokens": 128, "ignore_eos": true, "stream": true});
     let r = server.send_json("/v1/completions", &body).await;
@@ -117,7 +120,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     while let Some(chunk) = stream.next().await {
         text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
     }
-    let chunks = chunks(&sse_payloads(&text));
+    let chunks = sse_chunks(&sse_payloads(&text));
     let finish: Vec<_> = chunks
         .iter()
         .filter(|c| !c["choices"][0]["finish_reason"].is_null())

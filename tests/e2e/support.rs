@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-pub use wick_test_support::sse_payloads;
+pub use wick_test_support::{assert_error, sse_chunks, sse_payloads};
 
 /// A running server; killed on drop.
 pub struct Server {
@@ -178,19 +178,6 @@ impl Drop for Server {
     }
 }
 
-/// Parses the chunks of a stream (all but `[DONE]`, which must be last).
-pub fn chunks(payloads: &[String]) -> Vec<Value> {
-    assert_eq!(
-        payloads.last().map(String::as_str),
-        Some("[DONE]"),
-        "{payloads:?}"
-    );
-    payloads[..payloads.len() - 1]
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap_or_else(|e| panic!("{p}: {e}")))
-        .collect()
-}
-
 /// Concatenated text of choice `index` over chunks (chat `delta.content` or `text`).
 pub fn streamed_text(chunks: &[Value], index: u64) -> String {
     let mut out = String::new();
@@ -212,19 +199,4 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
-}
-
-/// Asserts an OpenAI error body with `status`.
-pub fn assert_error(status: u16, body: &Value, want: u16) {
-    assert_eq!(status, want, "{body}");
-    let e = &body["error"];
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert!(e["type"].is_string(), "{body}");
-    assert!(
-        e.get("param").is_some() && e.get("code").is_some(),
-        "{body}"
-    );
 }

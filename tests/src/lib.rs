@@ -3,7 +3,7 @@
 //! ../shared/fixtures/smollm2/README.md says). Panics are the point here: a missing
 //! fixture fails the test that needs it, loudly, never skips it. Also [`greedy`]:
 //! greedy decoding straight on a [`wick_models::Model`], without the engine; the SSE
-//! payload splitter the server's handler tests and the end-to-end tests share.
+//! and OpenAI-error helpers the server's handler tests and the end-to-end tests share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod greedy;
@@ -175,4 +175,34 @@ pub fn load_smollm2(dtype: candle_core::DType) -> wick_models::LoadedModel {
         },
     )
     .expect("load SmolLM2")
+}
+
+/// Parses the chunks of an SSE stream's payloads (all but `[DONE]`, which must be last).
+pub fn sse_chunks(payloads: &[String]) -> Vec<serde_json::Value> {
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{payloads:?}"
+    );
+    payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap_or_else(|e| panic!("{p}: {e}")))
+        .collect()
+}
+
+/// Asserts an OpenAI error body (`error` with a message, a type, `param` and `code`)
+/// answered with status `want`; returns the error object.
+pub fn assert_error(status: u16, body: &serde_json::Value, want: u16) -> serde_json::Value {
+    assert_eq!(status, want, "{body}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+    e.clone()
 }

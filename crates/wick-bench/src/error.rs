@@ -73,19 +73,17 @@ pub type Result<T, E = BenchError> = std::result::Result<T, E>;
 /// `Context` does.
 pub(crate) trait Context<T> {
     /// Wraps the error (or `None`) with `context`.
-    fn context(self, context: impl Into<String>) -> Result<T>;
+    fn context(self, context: impl Into<String>) -> Result<T>
+    where
+        Self: Sized,
+    {
+        self.with_context(|| context)
+    }
     /// Like [`Context::context`], building the message only on failure.
     fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T>;
 }
 
 impl<T, E: Into<BenchError>> Context<T> for std::result::Result<T, E> {
-    fn context(self, context: impl Into<String>) -> Result<T> {
-        self.map_err(|e| BenchError::Context {
-            context: context.into(),
-            source: Box::new(e.into()),
-        })
-    }
-
     fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
         self.map_err(|e| BenchError::Context {
             context: f().into(),
@@ -95,10 +93,6 @@ impl<T, E: Into<BenchError>> Context<T> for std::result::Result<T, E> {
 }
 
 impl<T> Context<T> for Option<T> {
-    fn context(self, context: impl Into<String>) -> Result<T> {
-        self.ok_or_else(|| BenchError::Invalid(context.into()))
-    }
-
     fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
         self.ok_or_else(|| BenchError::Invalid(f().into()))
     }

@@ -1,7 +1,7 @@
 //! The one seam between HTTP and generation: the [`Backend`] trait. Handlers know only
 //! this trait (submit a request -> a stream of [`TokenEvent`]s; fixed facts; health;
 //! counters), so they are tested against a fake backend without a model or a process
-//! (crates/wick-server/tests/common/fake_backend.rs). [`EngineHandle`] is the real one.
+//! (crates/wick-server/tests/handlers/fake_backend.rs). [`EngineHandle`] is the real one.
 //!
 //! A trait object (`Arc<dyn Backend>` in [`crate::state::Serving`]) rather than a generic
 //! parameter: the router, the state and every handler stay non-generic, the dynamic

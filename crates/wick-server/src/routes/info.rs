@@ -101,10 +101,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let stats = loaded.map(|s| s.backend.stats()).unwrap_or_default();
     let health = loaded.map(|s| s.backend.health());
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.metrics.render(&stats, health.as_ref()),
     )
         .into_response()

@@ -15,6 +15,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use wick_server::prompt::PromptBuilder;
 use wick_server::state::{AppState, Serving};
+pub use wick_test_support::assert_error;
 use wick_test_support::sse_payloads;
 
 /// The fake model's words, by id. Whitespace separates tokens; decoding joins them with
@@ -192,20 +193,4 @@ pub fn ids(words: &str) -> Vec<u32> {
         .split_whitespace()
         .map(|w| VOCAB.iter().position(|v| *v == w).unwrap() as u32)
         .collect()
-}
-
-/// Asserts an OpenAI error body with status `want`; returns the error object.
-pub fn assert_error(status: u16, body: &Value, want: u16) -> Value {
-    assert_eq!(status, want, "{body}");
-    let e = &body["error"];
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert!(e["type"].is_string(), "{body}");
-    assert!(
-        e.get("param").is_some() && e.get("code").is_some(),
-        "{body}"
-    );
-    e.clone()
 }

@@ -10,6 +10,7 @@ use insta::assert_json_snapshot;
 use serde_json::{json, Value};
 use wick_core::{FinishReason, TokenEvent, TokenLogprobs};
 use wick_engine::EngineHealth;
+use wick_test_support::sse_chunks;
 
 /// Tokens of completion 0 with logprobs (the next id as the runner-up), then `Finished`.
 fn with_logprobs(words: &str, finish: FinishReason) -> Script {
@@ -48,14 +49,6 @@ fn redact(v: impl Into<Value>) -> Value {
     v
 }
 
-fn chunks(payloads: &[String]) -> Vec<Value> {
-    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
-    payloads[..payloads.len() - 1]
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn chat_shapes() {
     let h = Harness::start().await;
@@ -71,7 +64,7 @@ async fn chat_shapes() {
     let mut body = body;
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let chunks = chunks(&h.stream("/v1/chat/completions", &body).await);
+    let chunks = sse_chunks(&h.stream("/v1/chat/completions", &body).await);
     assert_json_snapshot!("chat_completion_chunks", redact(chunks));
 }
 
@@ -89,7 +82,7 @@ async fn completion_shapes() {
         .script(with_logprobs("world the", FinishReason::Length));
     let body = json!({"prompt": "Hello", "max_tokens": 2, "stream": true,
         "stream_options": {"include_usage": true}});
-    let chunks = chunks(&h.stream("/v1/completions", &body).await);
+    let chunks = sse_chunks(&h.stream("/v1/completions", &body).await);
     assert_json_snapshot!("completion_chunks", redact(chunks));
 
     // Echo: the prompt first, whole and streamed.

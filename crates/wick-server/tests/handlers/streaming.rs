@@ -5,21 +5,10 @@
 use crate::fake_backend::{choice_tokens, completion, finished, tokens, Script};
 use crate::{ids, Harness};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use wick_core::FinishReason;
-
-fn parse(payloads: &[String]) -> Vec<Value> {
-    assert_eq!(
-        payloads.last().map(String::as_str),
-        Some("[DONE]"),
-        "{payloads:?}"
-    );
-    payloads[..payloads.len() - 1]
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect()
-}
+use wick_test_support::sse_chunks;
 
 #[tokio::test]
 async fn chat_stream_framing_with_usage() {
@@ -30,7 +19,7 @@ async fn chat_stream_framing_with_usage() {
     )));
     let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
         "stream": true, "stream_options": {"include_usage": true}});
-    let chunks = parse(&h.stream("/v1/chat/completions", &body).await);
+    let chunks = sse_chunks(&h.stream("/v1/chat/completions", &body).await);
     // Role chunk, one delta per token, the finish chunk, the usage chunk.
     assert_eq!(chunks.len(), 1 + 4 + 1 + 1, "{chunks:#?}");
     let id = &chunks[0]["id"];
@@ -66,7 +55,7 @@ async fn chat_stream_framing_with_usage() {
         FinishReason::Stop,
     )));
     let body = json!({"messages": [{"role": "user", "content": "hi"}], "stream": true});
-    let chunks = parse(&h.stream("/v1/chat/completions", &body).await);
+    let chunks = sse_chunks(&h.stream("/v1/chat/completions", &body).await);
     assert!(
         chunks.iter().all(|c| c.get("usage").is_none()),
         "{chunks:#?}"
@@ -116,7 +105,7 @@ async fn usage_counts_every_prompt_and_choice() {
     let mut body = body;
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let chunks = parse(&h.stream("/v1/completions", &body).await);
+    let chunks = sse_chunks(&h.stream("/v1/completions", &body).await);
     assert_eq!(
         chunks.last().unwrap()["usage"],
         json!({"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10})
