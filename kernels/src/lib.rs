@@ -12,10 +12,14 @@
 //! - [`paged_attention`] runs causal attention of a ragged batch of queries (prefill,
 //!   chunked prefill and decode mixed) over the keys and values in the cache.
 //!
-//! Both take f32, f16 or bf16 storage and compute in f32. Bad input (shapes, dtypes, slots
+//! Beside the cache ops, [`lora_apply`] adds many LoRA adapters' deltas to one batch's
+//! projection outputs (tokens grouped by adapter slot, described once per step by a
+//! [`LoraBatch`]).
+//!
+//! All take f32, f16 or bf16 storage and compute in f32. Bad input (shapes, dtypes, slots
 //! or block ids out of range) is a candle error, never a panic or an out-of-bounds access.
 //!
-//! With the `cuda` feature, both also run on candle's CUDA devices: kernels/*.cu, compiled
+//! With the `cuda` feature, all also run on candle's CUDA devices: kernels/*.cu, compiled
 //! to PTX by build.rs and launched from `cuda`. The CPU implementation is the reference the
 //! CUDA kernels are tested against (tests/ops runs every test on each device present).
 
@@ -24,9 +28,12 @@ mod cache;
 mod cpu_util;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod lora;
+mod lora_cpu;
 mod paged_attention;
 mod simd;
 mod work_list;
 
 pub use cache::reshape_and_cache;
+pub use lora::{lora_apply, LoraBatch};
 pub use paged_attention::{paged_attention, PagedAttentionMetadata};

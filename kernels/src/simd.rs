@@ -1,4 +1,4 @@
-//! The f32 inner loops of the CPU kernels (dot product, axpy, scale) behind the [`Simd`]
+//! The f32 inner loops of the CPU kernels (dot products, axpy, scale) behind the [`Simd`]
 //! trait, in two flavours: [`Portable`] Rust that the compiler vectorizes as it can, and,
 //! on x86-64, [`Avx2Fma`] with 256-bit fused multiply-adds.
 //!
@@ -15,6 +15,11 @@
 pub(crate) trait Simd: Copy + Send + Sync {
     /// `sum(a[i] * b[i])`.
     fn dot(self, a: &[f32], b: &[f32]) -> f32;
+    /// Eight dot products of `a` with rows spaced `stride` apart: `[dot(a, row(0)), ...,
+    /// dot(a, row(7))]`, `row(j) = rows[j * stride..][..a.len()]`. Panics (never reads out of
+    /// bounds) if `rows` is shorter than `7 * stride + a.len()`. One load of `a` serves eight
+    /// rows.
+    fn dot8(self, a: &[f32], rows: &[f32], stride: usize) -> [f32; 8];
     /// `acc[i] += w * x[i]`.
     fn axpy(self, acc: &mut [f32], w: f32, x: &[f32]);
     /// `acc[i] *= w`.
@@ -42,6 +47,11 @@ impl Simd for Portable {
         let [s0, s1, s2, s3, s4, s5, s6, s7] = acc;
         let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
         ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)) + tail
+    }
+
+    #[inline(always)]
+    fn dot8(self, a: &[f32], rows: &[f32], stride: usize) -> [f32; 8] {
+        std::array::from_fn(|j| self.dot(a, &rows[j * stride..][..a.len()]))
     }
 
     #[inline(always)]
@@ -89,8 +99,9 @@ mod x86 {
     use super::Simd;
     use std::arch::x86_64::{
         __m256, _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps,
-        _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
-        _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehdup_ps, _mm_movehl_ps,
+        _mm256_hadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_permute2f128_ps, _mm256_set1_ps,
+        _mm256_setzero_ps, _mm256_storeu_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32,
+        _mm_movehdup_ps, _mm_movehl_ps,
     };
 
     /// Proof that the CPU has AVX2 and FMA; its methods use them.
@@ -112,6 +123,12 @@ mod x86 {
         fn dot(self, a: &[f32], b: &[f32]) -> f32 {
             // SAFETY: `self` exists only if the CPU has AVX2 and FMA (see `detect`).
             unsafe { dot(a, b) }
+        }
+
+        #[inline(always)]
+        fn dot8(self, a: &[f32], rows: &[f32], stride: usize) -> [f32; 8] {
+            // SAFETY: as in `dot`.
+            unsafe { dot8(a, rows, stride) }
         }
 
         #[inline(always)]
@@ -190,6 +207,62 @@ mod x86 {
             sum = x.mul_add(*y, sum);
         }
         sum
+    }
+
+    /// [`Simd::dot8`] with 256-bit fused multiply-adds: one accumulator per row, summed
+    /// across lanes together at the end (a tree of horizontal adds).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot8(a: &[f32], rows: &[f32], stride: usize) -> [f32; 8] {
+        let n = a.len();
+        // The end of the last row; every load below lies before it.
+        let end = 7 * stride + n;
+        assert!(rows.len() >= end, "dot8: rows too short");
+        let base = rows.as_ptr();
+        // SAFETY (every block below): AVX2 and FMA are enabled in this function; `a` is read
+        // through the bounds-checked `load8`, and row j at `j * stride + i` for `i + 8 <= n`,
+        // which is within `rows` as asserted above.
+        let load_row = |j: usize, i: usize| unsafe { _mm256_loadu_ps(base.add(j * stride + i)) };
+        let zero = unsafe { _mm256_setzero_ps() };
+        let (mut v0, mut v1, mut v2, mut v3) = (zero, zero, zero, zero);
+        let (mut v4, mut v5, mut v6, mut v7) = (zero, zero, zero, zero);
+        let mut i = 0;
+        while i + 8 <= n {
+            unsafe {
+                let x = load8(a, i);
+                v0 = _mm256_fmadd_ps(x, load_row(0, i), v0);
+                v1 = _mm256_fmadd_ps(x, load_row(1, i), v1);
+                v2 = _mm256_fmadd_ps(x, load_row(2, i), v2);
+                v3 = _mm256_fmadd_ps(x, load_row(3, i), v3);
+                v4 = _mm256_fmadd_ps(x, load_row(4, i), v4);
+                v5 = _mm256_fmadd_ps(x, load_row(5, i), v5);
+                v6 = _mm256_fmadd_ps(x, load_row(6, i), v6);
+                v7 = _mm256_fmadd_ps(x, load_row(7, i), v7);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; 8];
+        unsafe {
+            // hadd(p, q) = [p0+p1, p2+p3, q0+q1, q2+q3 | the same of lanes 4..8].
+            let u0 = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
+            let u1 = _mm256_hadd_ps(_mm256_hadd_ps(v4, v5), _mm256_hadd_ps(v6, v7));
+            // u0 = [sums of lanes 0..4 of v0..v3 | of lanes 4..8], u1 the same for v4..v7.
+            let lo = _mm256_permute2f128_ps::<0x20>(u0, u1);
+            let hi = _mm256_permute2f128_ps::<0x31>(u0, u1);
+            store8(&mut out, 0, _mm256_add_ps(lo, hi));
+        }
+        if i < n {
+            for (j, s) in out.iter_mut().enumerate() {
+                let row = &rows[j * stride + i..j * stride + n];
+                for (x, y) in a[i..].iter().zip(row) {
+                    *s = x.mul_add(*y, *s);
+                }
+            }
+        }
+        out
     }
 
     /// [`Simd::axpy`] with 256-bit fused multiply-adds.
@@ -271,6 +344,32 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn dot8_matches_eight_dots_for_all_tail_lengths() {
+        type Dot8 = Box<dyn Fn(&[f32], &[f32], usize) -> [f32; 8]>;
+        let mut flavours: Vec<Dot8> = vec![Box::new(|a, r, s| Portable.dot8(a, r, s))];
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = Avx2Fma::detect() {
+            flavours.push(Box::new(move |a, r, s| simd.dot8(a, r, s)));
+        }
+        for dot8 in &flavours {
+            for n in 0..70 {
+                let a = data(n, 0.37);
+                // Rows spaced one or three further apart than `a` is long: only the first n
+                // elements of each count.
+                for stride in [n + 1, n + 3] {
+                    let rows = data(7 * stride + n, 0.11);
+                    let got = dot8(&a, &rows, stride);
+                    for (j, g) in got.iter().enumerate() {
+                        let row = &rows[j * stride..][..n];
+                        let naive: f32 = a.iter().zip(row).map(|(x, y)| x * y).sum();
+                        assert!((g - naive).abs() < 1e-4, "row {j}, n = {n}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,9 +8,13 @@
 //! metadata tensors, so the result of that check is remembered per thread for the last
 //! tensors seen (by `TensorId`, which candle never reuses): one copy per step, not per
 //! layer. Invariant this relies on: metadata tensors are not written in place once used.
+//!
+//! The LoRA op needs no such copy: its [`crate::LoraBatch`] is checked on the host and
+//! uploaded from there once per step.
 
 pub(crate) mod attention;
 pub(crate) mod cache;
+pub(crate) mod lora;
 
 use candle_core::cuda_backend::cudarc::driver::CudaView;
 use candle_core::cuda_backend::CudaDType;
@@ -19,6 +23,9 @@ use candle_core::{bail, CudaStorage, Layout, Result};
 /// kernels/reshape_and_cache.cu as PTX.
 pub(crate) const RESHAPE_AND_CACHE_PTX: &str =
     include_str!(concat!(env!("OUT_DIR"), "/reshape_and_cache.ptx"));
+
+/// kernels/lora.cu as PTX.
+pub(crate) const LORA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora.ptx"));
 
 /// kernels/paged_attention.cu as PTX.
 pub(crate) const PAGED_ATTENTION_PTX: &str =

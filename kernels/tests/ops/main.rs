@@ -1,4 +1,5 @@
-//! Tests of wick-kernels' ops against a naive dense attention written here.
+//! Tests of wick-kernels' ops against naive references written here (dense attention, a
+//! per-token LoRA loop).
 //!
 //! Every test body is a function of a `&Device`; `device_tests!` runs it on the CPU, and on
 //! CUDA device 0 as well when the `cuda` feature is on, so the same checks hold the CUDA
@@ -10,3 +11,4 @@ mod support;
 mod attention;
 mod cache;
 mod errors;
+mod lora;
