@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokens,
                 num_computed_tokens: computed,
                 block_table: &table,
+                lora_slot: None,
             }],
             bs,
             &device,

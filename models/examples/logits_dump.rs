@@ -101,6 +101,7 @@ fn main() -> AnyResult<()> {
                 tokens: t,
                 num_computed_tokens: seqs[i].computed,
                 block_table: &seqs[i].table,
+                lora_slot: None,
             })
             .collect();
         let input = ModelInput::build(&chunks, bs, &device)?;

@@ -4,6 +4,8 @@
 //! serves them all.
 
 use crate::gguf_metadata as meta;
+use crate::rope_scaling::{self, HfRopeFields};
+pub use crate::rope_scaling::{Llama3RopeScaling, RopeScaling, YarnRopeScaling};
 use crate::{ModelError, Result};
 use candle_core::quantized::gguf_file;
 use serde::Deserialize;
@@ -60,19 +62,6 @@ impl Architecture {
     }
 }
 
-/// Llama 3.1-style frequency-dependent rope scaling.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Llama3RopeScaling {
-    /// Overall scale factor for low frequencies.
-    pub factor: f64,
-    /// Wavelength threshold (as a fraction of the original context) for low frequencies.
-    pub low_freq_factor: f64,
-    /// Wavelength threshold for high frequencies, which stay unscaled.
-    pub high_freq_factor: f64,
-    /// The context length the model was pre-trained with.
-    pub original_max_position_embeddings: usize,
-}
-
 /// Everything the forward pass needs to know about the model's shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -96,8 +85,8 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     /// Rotary base.
     pub rope_theta: f64,
-    /// Llama 3.1 rope scaling, if any.
-    pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Rope scaling (linear, yarn, llama3), if any.
+    pub rope_scaling: Option<RopeScaling>,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
     /// Output projection shares the embedding matrix.
@@ -108,16 +97,6 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     /// Each token attends only to the last `sliding_window` positions (Mistral).
     pub sliding_window: Option<usize>,
-}
-
-#[derive(Deserialize)]
-struct HfRopeScaling {
-    #[serde(alias = "type")]
-    rope_type: Option<String>,
-    factor: Option<f64>,
-    low_freq_factor: Option<f64>,
-    high_freq_factor: Option<f64>,
-    original_max_position_embeddings: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -132,9 +111,8 @@ struct HfConfig {
     vocab_size: usize,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f64,
-    rope_scaling: Option<HfRopeScaling>,
+    #[serde(flatten)]
+    rope: HfRopeFields,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
     #[serde(default)]
@@ -147,9 +125,6 @@ struct HfConfig {
 
 fn default_eps() -> f64 {
     1e-6
-}
-fn default_theta() -> f64 {
-    10_000.0
 }
 fn default_max_pos() -> usize {
     4096
@@ -174,26 +149,7 @@ impl ModelConfig {
                 ));
             }
         }
-        let rope_scaling = match &hf.rope_scaling {
-            None => None,
-            Some(rs) => match rs.rope_type.as_deref() {
-                Some("llama3") => Some(Llama3RopeScaling {
-                    factor: rs.factor.unwrap_or(8.0),
-                    low_freq_factor: rs.low_freq_factor.unwrap_or(1.0),
-                    high_freq_factor: rs.high_freq_factor.unwrap_or(4.0),
-                    original_max_position_embeddings: rs
-                        .original_max_position_embeddings
-                        .unwrap_or(8192),
-                }),
-                Some("default") | None => None,
-                Some(other) => {
-                    return Err(ModelError::invalid(
-                        "config.json",
-                        format!("rope_scaling type {other:?} is not supported (llama3 is)"),
-                    ))
-                }
-            },
-        };
+        let rope = hf.rope.resolve(hf.max_position_embeddings)?;
         let sliding_window = match architecture {
             Architecture::Mistral => hf.sliding_window,
             // Qwen2 configs carry a window but disable it unless use_sliding_window is set.
@@ -214,8 +170,8 @@ impl ModelConfig {
                 .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             vocab_size: hf.vocab_size,
             rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta,
-            rope_scaling,
+            rope_theta: rope.theta,
+            rope_scaling: rope.scaling,
             max_position_embeddings: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
             // Qwen2 always has q/k/v bias (transformers hard-codes it); others may opt in.
@@ -245,18 +201,8 @@ impl ModelConfig {
         let hidden_size: usize = meta::int(metadata, &key("embedding_length"))?;
         let head_dim = meta::opt_int(metadata, &key("attention.key_length"))?
             .unwrap_or(hidden_size / num_heads.max(1));
-        let rope_scaling = match meta::opt_str(metadata, &key("rope.scaling.type")) {
-            Ok(Some("llama3")) => Some(Llama3RopeScaling {
-                factor: f64_or("rope.scaling.factor", 8.0)?,
-                low_freq_factor: f64_or("rope.scaling.low_freq_factor", 1.0)?,
-                high_freq_factor: f64_or("rope.scaling.high_freq_factor", 4.0)?,
-                original_max_position_embeddings: f64_or(
-                    "rope.scaling.original_context_length",
-                    8192.0,
-                )? as usize,
-            }),
-            _ => None,
-        };
+        let max_position_embeddings = meta::int(metadata, &key("context_length"))?;
+        let rope_scaling = rope_scaling::from_gguf(metadata, arch_name, max_position_embeddings)?;
         let cfg = Self {
             architecture,
             hidden_size,
@@ -270,7 +216,7 @@ impl ModelConfig {
             rms_norm_eps: f64_or("attention.layer_norm_rms_epsilon", 1e-5)?,
             rope_theta: f64_or("rope.freq_base", 10_000.0)?,
             rope_scaling,
-            max_position_embeddings: meta::int(metadata, &key("context_length"))?,
+            max_position_embeddings,
             tie_word_embeddings: !has_output,
             attention_bias: architecture == Architecture::Qwen2,
             qk_norm: architecture == Architecture::Qwen3,

@@ -16,6 +16,9 @@ pub struct SequenceChunk<'a> {
     pub num_computed_tokens: usize,
     /// The sequence's blocks, in order; must cover `num_computed_tokens + tokens.len()`.
     pub block_table: &'a [u32],
+    /// The model's adapter slot its tokens use (see `Model::set_lora`); `None`: the
+    /// base model.
+    pub lora_slot: Option<u32>,
 }
 
 /// The flattened batch for one forward pass.
@@ -35,6 +38,9 @@ pub struct ModelInput {
     pub num_seqs: usize,
     /// Number of tokens in the batch.
     pub num_tokens: usize,
+    /// Each token's adapter slot (-1: none), on the host; empty when no sequence uses an
+    /// adapter.
+    pub lora_slots: Vec<i32>,
 }
 
 impl ModelInput {
@@ -53,6 +59,8 @@ impl ModelInput {
         let mut cu_seqlens_q = Vec::with_capacity(chunks.len() + 1);
         let mut seq_lens = Vec::with_capacity(chunks.len());
         let mut logits_indices = Vec::with_capacity(chunks.len());
+        let any_lora = chunks.iter().any(|c| c.lora_slot.is_some());
+        let mut lora_slots = Vec::with_capacity(if any_lora { num_tokens } else { 0 });
         let max_blocks = chunks
             .iter()
             .map(|c| c.block_table.len())
@@ -86,6 +94,10 @@ impl ModelInput {
                 let block = c.block_table[pos / block_size] as i64;
                 slot_mapping.push(block * block_size as i64 + (pos % block_size) as i64);
             }
+            if any_lora {
+                let slot = c.lora_slot.map_or(-1, |s| s as i32);
+                lora_slots.extend(std::iter::repeat_n(slot, c.tokens.len()));
+            }
             block_tables[s * max_blocks..s * max_blocks + c.block_table.len()]
                 .copy_from_slice(c.block_table);
             let end = input_ids.len() as u32;
@@ -110,6 +122,7 @@ impl ModelInput {
             logits_indices: Tensor::from_vec(logits_indices, num_seqs, device)?,
             num_seqs,
             num_tokens,
+            lora_slots,
         })
     }
 }

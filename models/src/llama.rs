@@ -12,9 +12,11 @@ use crate::config::ModelConfig;
 use crate::input::ModelInput;
 use crate::kv_cache::KvCache;
 use crate::layers::{Attention, Linear, Mlp, RmsNorm, RotaryEmbedding, WeightLoader};
+use crate::lora::LoraAdapter;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
+use wick_kernels::LoraBatch;
 
 /// One pre-norm decoder layer: attention and MLP, each around a residual.
 #[derive(Debug, Clone)]
@@ -46,6 +48,15 @@ impl DecoderLayer {
     }
 }
 
+impl DecoderLayer {
+    /// The seven adaptable projections, in [`crate::lora::LoraModule`] order.
+    fn projections_mut(&mut self) -> Vec<&mut Linear> {
+        let [q, k, v, o] = self.attn.projections_mut();
+        let [gate, up, down] = self.mlp.projections_mut();
+        vec![q, k, v, o, gate, up, down]
+    }
+}
+
 /// A loaded Llama-family model.
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
@@ -57,6 +68,8 @@ pub struct LlamaModel {
     rotary: RotaryEmbedding,
     dtype: DType,
     device: Device,
+    /// Rank of the adapter in each LoRA slot (0: empty); empty when LoRA is not enabled.
+    lora_ranks: Vec<usize>,
 }
 
 impl LlamaModel {
@@ -88,7 +101,50 @@ impl LlamaModel {
             rotary: RotaryEmbedding::new(cfg, dtype, device)?,
             dtype,
             device: device.clone(),
+            lora_ranks: Vec::new(),
         })
+    }
+
+    /// Gives every adaptable projection `num_slots` empty adapter slots.
+    pub fn enable_lora(&mut self, num_slots: usize) -> Result<()> {
+        for layer in &mut self.layers {
+            for p in layer.projections_mut() {
+                p.enable_lora(num_slots)?;
+            }
+        }
+        self.lora_ranks = vec![0; num_slots];
+        Ok(())
+    }
+
+    /// Puts `adapter` in LoRA `slot` (`None` empties it); every projection it does not
+    /// target gets zeros there.
+    pub fn set_lora(&mut self, slot: usize, adapter: Option<&LoraAdapter>) -> Result<()> {
+        if slot >= self.lora_ranks.len() {
+            return Err(ModelError::invalid(
+                "LoRA slot",
+                format!("{slot}, the model has {} slots", self.lora_ranks.len()),
+            ));
+        }
+        if let Some(a) = adapter {
+            if a.layers.len() != self.layers.len() {
+                return Err(ModelError::invalid(
+                    "LoRA adapter",
+                    format!(
+                        "{} layers, the model has {}",
+                        a.layers.len(),
+                        self.layers.len()
+                    ),
+                ));
+            }
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let pairs = adapter.map(|a| &a.layers[i]);
+            for (m, p) in layer.projections_mut().into_iter().enumerate() {
+                p.set_lora(slot, pairs.and_then(|pairs| pairs[m].as_ref()))?;
+            }
+        }
+        self.lora_ranks[slot] = adapter.map_or(0, |a| a.rank);
+        Ok(())
     }
 
     /// The model's configuration.
@@ -130,13 +186,25 @@ impl LlamaModel {
             ));
         }
         let rotary = self.rotary.at(&input.positions)?;
+        let lora = if input.lora_slots.is_empty() {
+            None
+        } else {
+            Some(LoraBatch::new(
+                &input.lora_slots,
+                &self.lora_ranks,
+                &self.device,
+            )?)
+        };
+        let lora = lora.as_ref();
         let mut x = self.embed_tokens.index_select(&input.input_ids, 0)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(cache.layers.iter()) {
             let h = layer.input_layernorm.forward(&x)?;
-            let attn = layer.attn.forward(&h, &rotary, k_cache, v_cache, input)?;
+            let attn = layer
+                .attn
+                .forward(&h, &rotary, k_cache, v_cache, input, lora)?;
             let x1 = (&x + attn)?;
             let h = layer.post_attention_layernorm.forward(&x1)?;
-            x = (&x1 + layer.mlp.forward(&h)?)?;
+            x = (&x1 + layer.mlp.forward(&h, lora)?)?;
         }
         let last = x.index_select(&input.logits_indices, 0)?;
         let last = self.norm.forward(&last)?;

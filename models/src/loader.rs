@@ -3,6 +3,7 @@
 //! defaults. One entry point, [`load`], whatever `--model` names.
 
 use crate::config::{Architecture, ModelConfig};
+use crate::generation_config::GenerationConfig;
 use crate::gguf_metadata as meta;
 use crate::model::Model;
 use crate::source::{resolve_hf_files, HfFiles, ModelSource};
@@ -39,29 +40,19 @@ pub struct SpecialTokens {
     pub add_bos: bool,
 }
 
-/// Sampling defaults a checkpoint recommends (generation_config.json).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GenerationDefaults {
-    /// Recommended temperature.
-    pub temperature: Option<f64>,
-    /// Recommended top_p.
-    pub top_p: Option<f64>,
-    /// Recommended top_k.
-    pub top_k: Option<i64>,
-}
-
 /// A model ready to run, with everything needed to talk to it.
 pub struct LoadedModel {
     /// The network.
     pub model: Model,
     /// The tokenizer (never adds special tokens by itself; see `special.add_bos`).
     pub tokenizer: Tokenizer,
-    /// Jinja chat template, if the checkpoint has one.
+    /// Jinja chat template, if the checkpoint has one: `chat_template.jinja` beside the
+    /// model (where transformers v5 saves it), else tokenizer_config.json's.
     pub chat_template: Option<String>,
     /// Special tokens.
     pub special: SpecialTokens,
-    /// Recommended sampling defaults.
-    pub generation_defaults: GenerationDefaults,
+    /// generation_config.json (sampling defaults, eos ids); empty when there is none.
+    pub generation_config: GenerationConfig,
     /// Human-readable source ("GGUF file ...", "directory ...", "hub org/name@rev").
     pub source: String,
     /// Wall time of the load.
@@ -140,6 +131,21 @@ fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
     }
 }
 
+/// tokenizer_config.json's `chat_template`: a string, or a list of named templates of
+/// which "default" is taken.
+fn tokenizer_config_template(tok_cfg: &serde_json::Value) -> Option<String> {
+    match tok_cfg.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(String::from),
+        _ => None,
+    }
+}
+
 fn load_hf(files: &HfFiles, source: String, dtype: DType, device: &Device) -> Result<LoadedModel> {
     let cfg = ModelConfig::from_hf_json(&read_text("config.json", &files.config)?)?;
     let config_json = read_json("config.json", &files.config)?;
@@ -151,14 +157,14 @@ fn load_hf(files: &HfFiles, source: String, dtype: DType, device: &Device) -> Re
         Some(p) => read_json("tokenizer_config.json", p)?,
         None => serde_json::Value::Null,
     };
-    let gen_cfg = match &files.generation_config {
-        Some(p) => read_json("generation_config.json", p)?,
-        None => serde_json::Value::Null,
+    let generation_config = match &files.generation_config {
+        Some(p) => GenerationConfig::from_json(&read_text("generation_config.json", p)?)?,
+        None => GenerationConfig::default(),
     };
     let with_id = |s: Option<String>| s.and_then(|s| tokenizer.token_to_id(&s).map(|id| (id, s)));
     let bos = with_id(token_string(tok_cfg.get("bos_token")));
     let eos = with_id(token_string(tok_cfg.get("eos_token")));
-    let mut eos_token_ids = ids_of(gen_cfg.get("eos_token_id"));
+    let mut eos_token_ids = generation_config.eos_token_ids.clone();
     if eos_token_ids.is_empty() {
         eos_token_ids = ids_of(config_json.get("eos_token_id"));
     }
@@ -171,21 +177,9 @@ fn load_hf(files: &HfFiles, source: String, dtype: DType, device: &Device) -> Re
         .get("add_bos_token")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
-    let chat_template = match tok_cfg.get("chat_template") {
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        // A list of named templates: take "default".
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-            .and_then(|t| t.get("template"))
-            .and_then(|t| t.as_str())
-            .map(String::from),
-        _ => None,
-    };
-    let generation_defaults = GenerationDefaults {
-        temperature: gen_cfg.get("temperature").and_then(|v| v.as_f64()),
-        top_p: gen_cfg.get("top_p").and_then(|v| v.as_f64()),
-        top_k: gen_cfg.get("top_k").and_then(|v| v.as_i64()),
+    let chat_template = match &files.chat_template {
+        Some(p) => Some(read_text("chat_template.jinja", p)?),
+        None => tokenizer_config_template(&tok_cfg),
     };
     Ok(LoadedModel {
         model,
@@ -197,7 +191,7 @@ fn load_hf(files: &HfFiles, source: String, dtype: DType, device: &Device) -> Re
             eos_token_ids,
             add_bos,
         },
-        generation_defaults,
+        generation_config,
         source,
         load_time: Duration::ZERO,
     })
@@ -235,7 +229,7 @@ fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> 
         tokenizer,
         chat_template,
         special,
-        generation_defaults: GenerationDefaults::default(),
+        generation_config: GenerationConfig::default(),
         source: format!("GGUF file {}", path.display()),
         load_time: Duration::ZERO,
     })

@@ -18,6 +18,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::input::ModelInput;
 use crate::kv_cache::KvCache;
 use crate::llama::LlamaModel;
+use crate::lora::LoraAdapter;
 use crate::weights::Weights;
 use crate::Result;
 use candle_core::{DType, Device, Tensor};
@@ -66,6 +67,22 @@ impl Model {
     pub fn device(&self) -> &Device {
         match self {
             Self::Llama(m) => m.device(),
+        }
+    }
+
+    /// Gives the model `num_slots` LoRA adapter slots (all empty); see
+    /// [`crate::layers::LoraSlots`].
+    pub fn enable_lora(&mut self, num_slots: usize) -> Result<()> {
+        match self {
+            Self::Llama(m) => m.enable_lora(num_slots),
+        }
+    }
+
+    /// Puts `adapter` in LoRA `slot`, or empties it (`None`). Tokens whose sequence
+    /// names the slot ([`crate::SequenceChunk::lora_slot`]) get its delta.
+    pub fn set_lora(&mut self, slot: usize, adapter: Option<&LoraAdapter>) -> Result<()> {
+        match self {
+            Self::Llama(m) => m.set_lora(slot, adapter),
         }
     }
 

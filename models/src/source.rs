@@ -39,6 +39,8 @@ pub struct HfFiles {
     pub tokenizer_config: Option<PathBuf>,
     /// generation_config.json, if present.
     pub generation_config: Option<PathBuf>,
+    /// chat_template.jinja (where transformers v5 saves the chat template), if present.
+    pub chat_template: Option<PathBuf>,
 }
 
 impl ModelSource {
@@ -180,15 +182,15 @@ impl FileSource for HubApiSource {
     }
 }
 
-/// Resolves a non-GGUF source into local checkpoint files.
-pub fn resolve_hf_files(source: &ModelSource) -> Result<HfFiles> {
+/// Where the files of a non-GGUF source are read from.
+fn file_source(source: &ModelSource) -> Result<Box<dyn FileSource>> {
     match source {
-        ModelSource::Dir(d) => resolve_with(&DirSource(d.clone())),
-        ModelSource::Hub { repo, revision } if hub_offline() => resolve_with(&HubCacheSource {
+        ModelSource::Dir(d) => Ok(Box::new(DirSource(d.clone()))),
+        ModelSource::Hub { repo, revision } if hub_offline() => Ok(Box::new(HubCacheSource {
             cache: hub_cache_dir(),
             repo: repo.clone(),
             revision: revision.clone(),
-        }),
+        })),
         ModelSource::Hub { repo, revision } => {
             let token = std::env::var("HF_TOKEN")
                 .ok()
@@ -202,17 +204,36 @@ pub fn resolve_hf_files(source: &ModelSource) -> Result<HfFiles> {
                 hf_hub::RepoType::Model,
                 revision.clone(),
             ));
-            resolve_with(&HubApiSource {
+            Ok(Box::new(HubApiSource {
                 api,
                 repo: repo.clone(),
                 revision: revision.clone(),
-            })
+            }))
         }
         ModelSource::Gguf(p) => Err(ModelError::invalid(
             "model",
             format!("{} is a GGUF file, not a checkpoint directory", p.display()),
         )),
     }
+}
+
+/// Resolves a non-GGUF source into local checkpoint files.
+pub fn resolve_hf_files(source: &ModelSource) -> Result<HfFiles> {
+    resolve_with(file_source(source)?.as_ref())
+}
+
+/// Resolves `files` of a non-GGUF source (a directory or a hub repository, as for a
+/// model) to local paths, each required: a missing one is an error naming it and the
+/// source. Used for LoRA adapters (`adapter_config.json`, `adapter_model.safetensors`).
+pub fn resolve_files(source: &ModelSource, files: &[&str]) -> Result<Vec<PathBuf>> {
+    let src = file_source(source)?;
+    files
+        .iter()
+        .map(|f| {
+            src.get(f)?
+                .ok_or_else(|| ModelError::Missing(format!("{f} in {}", src.describe())))
+        })
+        .collect()
 }
 
 fn resolve_with(src: &dyn FileSource) -> Result<HfFiles> {
@@ -275,6 +296,7 @@ fn resolve_with(src: &dyn FileSource) -> Result<HfFiles> {
         tokenizer,
         tokenizer_config: src.get("tokenizer_config.json")?,
         generation_config: src.get("generation_config.json")?,
+        chat_template: src.get("chat_template.jinja")?,
     })
 }
 

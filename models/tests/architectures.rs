@@ -123,6 +123,7 @@ fn check_against_oracle(arch: &str, shards: usize) {
                 tokens,
                 num_computed_tokens: computed,
                 block_table: &table,
+                lora_slot: None,
             }],
             4,
             &Device::Cpu,
@@ -201,7 +202,7 @@ fn checkpoint_files_and_defaults_are_read() {
     assert_eq!(loaded.special.bos, Some((1, "t1".to_string())));
     assert_eq!(loaded.special.eos, Some((2, "t2".to_string())));
     assert_eq!(loaded.special.eos_token_ids, vec![2, 3]);
-    assert_eq!(loaded.generation_defaults.temperature, Some(0.6));
+    assert_eq!(loaded.generation_config.temperature, Some(0.6));
     assert!(loaded
         .chat_template
         .as_deref()
@@ -211,6 +212,19 @@ fn checkpoint_files_and_defaults_are_read() {
         loaded.tokenizer.encode("t5 t7", false).unwrap().get_ids(),
         &[5, 7]
     );
+}
+
+#[test]
+fn chat_template_jinja_wins_over_tokenizer_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny::config("llama");
+    tiny::write_checkpoint(dir.path(), &cfg, &tiny::weights(&cfg, 1), 1);
+    let from_tokenizer_config = tiny::load(dir.path().to_str().unwrap()).unwrap();
+    let jinja = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}";
+    std::fs::write(dir.path().join("chat_template.jinja"), jinja).unwrap();
+    let loaded = tiny::load(dir.path().to_str().unwrap()).unwrap();
+    assert_eq!(loaded.chat_template.as_deref(), Some(jinja));
+    assert_ne!(from_tokenizer_config.chat_template, loaded.chat_template);
 }
 
 fn load_err(dir: &std::path::Path) -> String {

@@ -104,6 +104,7 @@ fn logits(loaded: &LoadedModel) -> Vec<f32> {
             tokens: &tokens,
             num_computed_tokens: 0,
             block_table: &[0, 1],
+            lora_slot: None,
         }],
         16,
         &Device::Cpu,

@@ -1,7 +1,7 @@
 //! A hub id resolves through a Hugging Face cache directory laid out by the test (no
 //! network): HF_HOME + HF_HUB_OFFLINE=1, by branch and by commit, and a missing file is
-//! an error naming the repository and the file. One test in this binary because it sets
-//! process-wide environment variables.
+//! an error naming the repository and the file; a LoRA adapter by hub id the same way.
+//! One test in this binary because it sets process-wide environment variables.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -33,6 +33,28 @@ fn hub_id_loads_from_local_cache_offline() {
     assert!(
         missing.contains("config.json") && missing.contains("wick-test/not-there"),
         "{missing}"
+    );
+
+    // A LoRA adapter by hub id, from the same cache.
+    let golden = wick_test_support::tiny::TinyGolden::load();
+    let m = golden.model("qwen2-yarn");
+    let lora_dir = home.path().join("hub/models--wick-test--tiny-lora");
+    let lora_snap = lora_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&lora_snap).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(m.adapter_dir("all-r8").join(f), lora_snap.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(lora_dir.join("refs")).unwrap();
+    std::fs::write(lora_dir.join("refs/main"), commit).unwrap();
+    let base = m.load(candle_core::DType::F32).model;
+    let adapter = wick_models::LoraAdapter::load("wick-test/tiny-lora", base.config(), 64).unwrap();
+    assert_eq!((adapter.rank, adapter.target_modules.len()), (8, 7));
+    let e = wick_models::LoraAdapter::load("wick-test/no-lora", base.config(), 64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("adapter_config.json") && e.contains("wick-test/no-lora"),
+        "{e}"
     );
 
     std::fs::remove_file(snap.join("tokenizer.json")).unwrap();

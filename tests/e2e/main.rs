@@ -13,5 +13,6 @@ mod errors;
 mod faults;
 mod generate;
 mod lifecycle;
+mod lora;
 mod python_client;
 mod support;

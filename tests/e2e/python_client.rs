@@ -37,3 +37,32 @@ async fn official_openai_python_client() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("openai client checks passed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_client_selects_lora_adapters_by_model() {
+    let python = python();
+    let golden = wick_test_support::tiny::TinyGolden::load();
+    let m = golden.model("qwen3-added-tokens");
+    let mut flags = vec!["--lora-modules".to_string()];
+    for a in &m.adapters {
+        flags.push(format!("{}={}", a.name, m.adapter_dir(&a.name).display()));
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start_model(&m.dir(), "base", &flags).await;
+    let script = wick_test_support::repo_root().join("tests/python/lora_client.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(server.url("/v1"))
+        .arg(wick_test_support::tiny::tiny_dir().join("golden.json"))
+        .arg(&m.name)
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "openai lora client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("openai lora client checks passed"));
+}

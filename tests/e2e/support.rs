@@ -16,14 +16,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `wick serve` on SmolLM2 with `extra` flags and waits until /ready is 200
-    /// (503 while loading, while /health is already 200).
+    /// Starts `wick serve` on SmolLM2 (served as `smollm2`) with `extra` flags and waits
+    /// until /ready is 200 (503 while loading, while /health is already 200).
     pub async fn start(extra: &[&str]) -> Server {
-        let gguf = wick_test_support::smollm2_gguf();
+        Self::start_model(&wick_test_support::smollm2_gguf(), "smollm2", extra).await
+    }
+
+    /// Starts `wick serve` on `model` served as `name`, as [`Server::start`].
+    pub async fn start_model(model: &std::path::Path, name: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
             .args(["serve", "--model"])
-            .arg(&gguf)
-            .args(["--served-model-name", "smollm2", "--port", "0"])
+            .arg(model)
+            .args(["--served-model-name", name, "--port", "0"])
             .args(["--kv-cache-memory", "256MiB"])
             .args(extra)
             .env("RUST_LOG", "info")

@@ -49,6 +49,7 @@ pub fn generate(
                 tokens: &tokens[computed..end],
                 num_computed_tokens: computed,
                 block_table: &block_table,
+                lora_slot: None,
             }],
             cache.block_size,
             model.device(),

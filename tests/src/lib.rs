@@ -3,10 +3,12 @@
 //! ../shared/fixtures/smollm2/README.md says). Panics are the point here: a missing
 //! fixture fails the test that needs it, loudly, never skips it. Also [`greedy`]:
 //! greedy decoding straight on a [`wick_models::Model`], without the engine; the SSE
-//! and OpenAI-error helpers the server's handler tests and the end-to-end tests share.
+//! and OpenAI-error helpers the server's handler tests and the end-to-end tests share;
+//! [`tiny`]: the tiny fine-tuned-weights fixtures (four checkpoints, their adapters).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod greedy;
+pub mod tiny;
 
 use serde::Deserialize;
 use std::path::PathBuf;

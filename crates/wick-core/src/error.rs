@@ -10,6 +10,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The request can never be served, e.g. longer than the context (HTTP 400).
     TooLong,
+    /// The model (or LoRA adapter) it names is not served (HTTP 404).
+    NotFound,
     /// The waiting queue is full (HTTP 429).
     Overloaded,
     /// The server is shutting down (HTTP 503).

@@ -27,11 +27,21 @@ impl ModelRunner {
                 tokens: &s.token_ids,
                 num_computed_tokens: s.num_computed_tokens,
                 block_table: &s.block_table,
+                lora_slot: s.lora_slot,
             })
             .collect();
         let input = ModelInput::build(&chunks, self.cache.block_size, self.model.device())?;
         let logits: Tensor = self.model.forward(&input, &mut self.cache)?;
         Ok(logits.to_vec2::<f32>()?)
+    }
+
+    /// Copies `adapter` into the model's LoRA `slot` (`None` empties it).
+    pub fn load_lora(
+        &mut self,
+        slot: u32,
+        adapter: Option<&wick_models::LoraAdapter>,
+    ) -> wick_models::Result<()> {
+        self.model.set_lora(slot as usize, adapter)
     }
 
     /// Runs a whole step.

@@ -6,10 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use candle_core::DType;
-use std::time::{Duration, Instant};
+
+use common::wait_for;
 use wick_core::{FinishReason, RequestMetrics, SamplingParams, TokenEvent};
-use wick_engine::{EngineConfig, EngineHandle, EngineRequest, EngineStats, RequestStream};
+use wick_engine::{EngineConfig, EngineHandle, EngineRequest, RequestStream};
 use wick_models::KvCache;
 use wick_test_support::{assert_ids_match_golden, golden_cases, load_smollm2};
 
@@ -59,18 +62,6 @@ fn collect(mut stream: RequestStream, n: usize) -> Collected {
 }
 
 /// Waits (bounded) until the engine reports `done`.
-fn wait_for(engine: &EngineHandle, done: impl Fn(&EngineStats) -> bool) -> EngineStats {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = engine.stats();
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "engine never settled: {s:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn golden_cases_with_copies_preemption_chunking_and_prefix_hits() {
     let cases = golden_cases();

@@ -50,6 +50,39 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stops the backend; requests still in flight get an error event.
     fn shutdown(&self);
+
+    /// The LoRA adapters offered, by name (requests name one in `model`).
+    fn loras(&self) -> Vec<LoraInfo> {
+        Vec::new()
+    }
+
+    /// Loads the adapter at `source` as `name` (blocking: reads files). Refused with a
+    /// message saying why (LoRA off, name taken, adapter unreadable or unfit).
+    fn load_lora(&self, name: &str, source: &str) -> Result<(), WickError> {
+        let _ = source;
+        Err(WickError::invalid_param(
+            "lora_name",
+            format!("{name}: this backend serves no LoRA adapters"),
+        ))
+    }
+
+    /// Stops offering adapter `name`; requests in flight on it finish. `NotFound` if
+    /// there is none.
+    fn unload_lora(&self, name: &str) -> Result<(), WickError> {
+        Err(WickError::new(
+            wick_core::ErrorKind::NotFound,
+            format!("the model `{name}` does not exist"),
+        ))
+    }
+}
+
+/// One offered LoRA adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraInfo {
+    /// The name requests use.
+    pub name: String,
+    /// Where it was loaded from.
+    pub source: String,
 }
 
 impl RequestEvents for RequestStream {
@@ -81,5 +114,22 @@ impl Backend for EngineHandle {
 
     fn shutdown(&self) {
         EngineHandle::shutdown(self);
+    }
+
+    fn loras(&self) -> Vec<LoraInfo> {
+        (EngineHandle::loras(self).iter())
+            .map(|l| LoraInfo {
+                name: l.name.clone(),
+                source: l.source.clone(),
+            })
+            .collect()
+    }
+
+    fn load_lora(&self, name: &str, source: &str) -> Result<(), WickError> {
+        EngineHandle::load_lora(self, name, source).map(|_| ())
+    }
+
+    fn unload_lora(&self, name: &str) -> Result<(), WickError> {
+        EngineHandle::unload_lora(self, name)
     }
 }

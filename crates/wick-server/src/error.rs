@@ -86,6 +86,7 @@ impl From<WickError> for ApiError {
         let (status, code) = match e.kind {
             ErrorKind::InvalidRequest => (StatusCode::BAD_REQUEST, None),
             ErrorKind::TooLong => (StatusCode::BAD_REQUEST, Some("context_length_exceeded")),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, Some("model_not_found")),
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, None),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, None),

@@ -57,6 +57,8 @@ pub struct PromptRun {
     stop_ids: Vec<u32>,
     start: Instant,
     done: bool,
+    /// Its LoRA adapter, for the log line.
+    lora: Option<String>,
 }
 
 impl PromptRun {
@@ -68,6 +70,7 @@ impl PromptRun {
         params: SamplingParams,
         stops: &[String],
         first_index: usize,
+        lora: Option<String>,
     ) -> Result<Self, ApiError> {
         let mut stop_ids = params.stop_token_ids.clone();
         if !params.ignore_eos {
@@ -85,6 +88,7 @@ impl PromptRun {
         let stream = serving.backend.submit(EngineRequest {
             prompt_token_ids: prompt,
             params,
+            lora: lora.clone(),
             ..Default::default()
         })?;
         Ok(Self {
@@ -97,6 +101,7 @@ impl PromptRun {
             stop_ids,
             start: Instant::now(),
             done: false,
+            lora,
         })
     }
 
@@ -197,6 +202,7 @@ impl PromptRun {
         tracing::info!(
             request = %self.log_id,
             engine_id = %self.stream.id(),
+            lora = self.lora.as_deref().unwrap_or("-"),
             prompt_tokens = m.prompt_tokens,
             cached_tokens = m.cached_tokens,
             output_tokens = self.completion_tokens(),
@@ -219,6 +225,7 @@ impl PromptRun {
             tracing::warn!(
                 request = %self.log_id,
                 engine_id = %self.stream.id(),
+                lora = self.lora.as_deref().unwrap_or("-"),
                 prompt_tokens = self.prompt_len,
                 output_tokens = self.completion_tokens(),
                 total_s = self.start.elapsed().as_secs_f64(),
@@ -242,6 +249,7 @@ impl Drop for PromptRun {
             tracing::info!(
                 request = %self.log_id,
                 engine_id = %self.stream.id(),
+                lora = self.lora.as_deref().unwrap_or("-"),
                 prompt_tokens = self.prompt_len,
                 output_tokens = self.completion_tokens(),
                 total_s = self.start.elapsed().as_secs_f64(),

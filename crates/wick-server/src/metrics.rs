@@ -224,6 +224,28 @@ impl Metrics {
                 ConstGauge::new(t),
             );
         }
+        if stats.max_loras > 0 {
+            // vLLM's shape: the adapters as labels (comma-separated names), the value the
+            // time of the reading.
+            let labels = [
+                ("running_lora_adapters", stats.running_loras.join(",")),
+                ("waiting_lora_adapters", stats.waiting_loras.join(",")),
+                ("max_lora", stats.max_loras.to_string()),
+            ];
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            r.sub_registry_with_labels(
+                labels
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v))),
+            )
+            .register(
+                "wick:lora_requests_info",
+                "LoRA adapters of running and waiting requests (labels); value: Unix time",
+                ConstGauge::new(now),
+            );
+        }
 
         let mut http = Registry::default();
         http.register(

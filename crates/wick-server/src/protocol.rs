@@ -73,15 +73,51 @@ pub struct SamplingFields {
     pub user: Option<String>,
 }
 
-/// Defaults from the model's generation_config.json.
-#[derive(Debug, Clone, Copy, Default)]
+/// Sampling defaults from the model's generation_config.json, applied to what a request
+/// leaves unset (never to what it sets), as vLLM's `--generation-config auto` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ModelDefaults {
     /// Default temperature.
     pub temperature: Option<f32>,
     /// Default top_p.
     pub top_p: Option<f32>,
-    /// Default top_k.
+    /// Default top_k (0: disabled).
     pub top_k: Option<usize>,
+    /// Default repetition penalty.
+    pub repetition_penalty: Option<f32>,
+}
+
+impl ModelDefaults {
+    /// The defaults of `g`; a value a request could not set (out of its range) is left
+    /// out with a warning, so that it never fails requests that do not mention it.
+    pub fn from_generation_config(g: &wick_models::generation_config::GenerationConfig) -> Self {
+        fn checked(name: &str, v: Option<f64>, ok: impl Fn(f64) -> bool) -> Option<f32> {
+            let v = v?;
+            if ok(v) {
+                Some(v as f32)
+            } else {
+                tracing::warn!(
+                    value = v,
+                    "generation_config.json: {name} is out of range; ignored"
+                );
+                None
+            }
+        }
+        Self {
+            temperature: checked("temperature", g.temperature, |v| (0.0..=2.0).contains(&v)),
+            top_p: checked("top_p", g.top_p, |v| v > 0.0 && v <= 1.0),
+            // transformers and vLLM read 0 and negative values as "no top-k".
+            top_k: g.top_k.map(|k| usize::try_from(k).unwrap_or(0)),
+            repetition_penalty: checked("repetition_penalty", g.repetition_penalty, |v| {
+                v > 0.0 && v.is_finite()
+            }),
+        }
+    }
+
+    /// Whether there is no default at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl SamplingFields {
@@ -175,7 +211,10 @@ impl SamplingFields {
             min_p: self.min_p.unwrap_or(0.0),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            repetition_penalty: self
+                .repetition_penalty
+                .or(defaults.repetition_penalty)
+                .unwrap_or(1.0),
             logit_bias,
             seed: self.seed.map(|s| s as u64),
             logprobs,
@@ -309,4 +348,65 @@ pub fn flatten_messages(
             Ok(serde_json::Value::Object(out))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wick_models::generation_config::GenerationConfig;
+
+    fn params(body: serde_json::Value, defaults: &ModelDefaults) -> SamplingParams {
+        let fields: SamplingFields = serde_json::from_value(body).unwrap();
+        fields.to_params(16, false, 0, defaults).unwrap()
+    }
+
+    #[test]
+    fn model_defaults_fill_only_what_the_request_leaves_unset() {
+        let defaults = ModelDefaults::from_generation_config(&GenerationConfig {
+            temperature: Some(0.7),
+            top_p: Some(0.9),
+            top_k: Some(40),
+            repetition_penalty: Some(1.1),
+            eos_token_ids: vec![2],
+        });
+        let p = params(serde_json::json!({}), &defaults);
+        assert_eq!(
+            (p.temperature, p.top_p, p.top_k, p.repetition_penalty),
+            (0.7, 0.9, 40, 1.1)
+        );
+        let p = params(
+            serde_json::json!({"temperature": 0, "top_p": 1, "top_k": -1,
+                "repetition_penalty": 1}),
+            &defaults,
+        );
+        assert_eq!(
+            (p.temperature, p.top_p, p.top_k, p.repetition_penalty),
+            (0.0, 1.0, 0, 1.0)
+        );
+        // Without defaults: OpenAI's.
+        let p = params(serde_json::json!({}), &ModelDefaults::default());
+        assert_eq!(
+            (p.temperature, p.top_p, p.top_k, p.repetition_penalty),
+            (1.0, 1.0, 0, 1.0)
+        );
+    }
+
+    #[test]
+    fn out_of_range_model_defaults_are_dropped() {
+        let d = ModelDefaults::from_generation_config(&GenerationConfig {
+            temperature: Some(3.0),
+            top_p: Some(0.0),
+            top_k: Some(-1),
+            repetition_penalty: Some(0.0),
+            eos_token_ids: vec![],
+        });
+        assert_eq!(
+            d,
+            ModelDefaults {
+                top_k: Some(0),
+                ..ModelDefaults::default()
+            }
+        );
+        assert!(ModelDefaults::from_generation_config(&GenerationConfig::default()).is_empty());
+    }
 }

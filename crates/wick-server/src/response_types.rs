@@ -197,8 +197,10 @@ pub struct ModelCard {
     pub created: u64,
     /// Always `wick`.
     pub owned_by: &'static str,
-    /// The name again (vLLM's field).
+    /// The name again, or a LoRA adapter's path (vLLM's field).
     pub root: String,
+    /// For a LoRA adapter, the base model's name (vLLM's field); `null` for the base.
+    pub parent: Option<String>,
     /// Longest prompt + completion.
     pub max_model_len: usize,
 }

@@ -11,7 +11,7 @@
 //! may recover, and liveness probes decide.
 
 use crate::backend::Backend;
-use crate::stack::{ServingStack, StackArgs};
+use crate::stack::{GenerationConfigMode, ServingStack, StackArgs};
 use crate::state::{AppState, Serving};
 use axum::serve::ListenerExt;
 use std::path::PathBuf;
@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// A Jinja chat template file to use instead of the model's.
     #[arg(long)]
     pub chat_template: Option<PathBuf>,
+    /// auto: the model's generation_config.json sets the temperature, top_p, top_k and
+    /// repetition_penalty of requests that leave them unset; vllm: it does not (its eos
+    /// ids still end generation).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub generation_config: GenerationConfigMode,
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout: u64,
@@ -90,6 +95,22 @@ pub struct ServeArgs {
     /// Turn off automatic prefix caching.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// LoRA adapters served beside the base model, as `name=path` (a local PEFT
+    /// directory or a hub id); requests pick one by `model`. Several may follow the flag.
+    #[arg(long, num_args = 1.., value_parser = parse_lora_module)]
+    pub lora_modules: Vec<(String, String)>,
+    /// LoRA adapters resident in the model at once (more are swapped in on demand).
+    #[arg(long, default_value_t = 8)]
+    pub max_loras: usize,
+    /// Highest LoRA rank accepted.
+    #[arg(long, default_value_t = 64)]
+    pub max_lora_rank: usize,
+    /// Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (behind the API key).
+    #[arg(long)]
+    pub enable_lora_runtime_updates: bool,
+    /// Adapters loaded at run time must be directories inside this one.
+    #[arg(long)]
+    pub lora_root: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -155,7 +176,10 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .filter(|k| !k.is_empty())
         .cloned()
         .collect();
-    let state = Arc::new(AppState::new(names, keys, max_body));
+    let mut state = AppState::new(names, keys, max_body);
+    state.lora_runtime_updates = args.enable_lora_runtime_updates;
+    state.lora_root = args.lora_root.clone();
+    let state = Arc::new(state);
 
     let addr = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -186,9 +210,18 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         dtype: args.dtype.clone(),
         device: args.device.clone(),
         chat_template: args.chat_template.clone(),
+        generation_config: args.generation_config,
     };
-    let loading =
-        tokio::task::spawn_blocking(move || ServingStack::build(&stack_args, engine_config));
+    let lora_modules = args.lora_modules.clone();
+    let loading = tokio::task::spawn_blocking(move || {
+        let stack = ServingStack::build(&stack_args, engine_config)?;
+        for (name, path) in &lora_modules {
+            (stack.engine.load_lora(name, path)).map_err(|e| {
+                crate::stack::StackError::Load(format!("--lora-modules {name}={path}: {e}"))
+            })?;
+        }
+        Ok::<_, crate::stack::StackError>(stack)
+    });
     let stack = tokio::select! {
         loaded = loading => loaded
             .map_err(|e| ServeError::Load(e.to_string()))??,
@@ -255,6 +288,16 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
 }
 
 /// The engine's settings from the flags.
+/// `name=path` of `--lora-modules`.
+fn parse_lora_module(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.trim().is_empty() && !path.trim().is_empty() => {
+            Ok((name.trim().to_string(), path.trim().to_string()))
+        }
+        _ => Err(format!("{s:?}: expected name=path")),
+    }
+}
+
 fn engine_config(
     args: &ServeArgs,
     kv_cache_memory: Option<u64>,
@@ -275,6 +318,13 @@ fn engine_config(
         kv_cache_memory,
         max_model_len: args.max_model_len,
         enable_prefix_caching: !args.no_prefix_caching,
+        // Slots only when adapters can be served: an unused LoRA costs nothing.
+        max_loras: if args.lora_modules.is_empty() && !args.enable_lora_runtime_updates {
+            0
+        } else {
+            args.max_loras.max(1)
+        },
+        max_lora_rank: args.max_lora_rank,
         stall_timeout,
         #[cfg(feature = "fault-injection")]
         fault: args

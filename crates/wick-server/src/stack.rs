@@ -11,6 +11,7 @@ use crate::protocol::ModelDefaults;
 use std::path::PathBuf;
 use wick_engine::{EngineConfig, EngineHandle};
 use wick_models::device::{device_name, parse_dtype, select_device};
+use wick_models::generation_config::GenerationConfig;
 use wick_models::{Model, SpecialTokens};
 
 /// What the stack is built from (the model-related flags of `serve` and `generate`).
@@ -24,6 +25,20 @@ pub struct StackArgs {
     pub device: Option<String>,
     /// A Jinja chat template file to use instead of the model's.
     pub chat_template: Option<PathBuf>,
+    /// Whether generation_config.json's sampling defaults apply.
+    pub generation_config: GenerationConfigMode,
+}
+
+/// Where requests' sampling defaults come from (vLLM's `--generation-config`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenerationConfigMode {
+    /// The model's generation_config.json (temperature, top_p, top_k,
+    /// repetition_penalty) fills what a request leaves unset.
+    #[default]
+    Auto,
+    /// The file's sampling defaults are ignored: OpenAI's apply. Its eos ids still end
+    /// generation, as in vLLM.
+    Vllm,
 }
 
 /// Why the stack could not be built.
@@ -78,12 +93,11 @@ impl LoadedStack {
             load_time_s = loaded.load_time.as_secs_f64(),
             "model loaded"
         );
-        let g = &loaded.generation_defaults;
-        let defaults = ModelDefaults {
-            temperature: g.temperature.map(|v| v as f32),
-            top_p: g.top_p.map(|v| v as f32),
-            top_k: g.top_k.and_then(|v| usize::try_from(v).ok()),
-        };
+        let defaults = sampling_defaults(
+            args.generation_config,
+            &loaded.generation_config,
+            &loaded.special.eos_token_ids,
+        );
         let prompt = PromptBuilder::new(
             loaded.tokenizer,
             template.as_deref(),
@@ -139,6 +153,42 @@ impl ServingStack {
     pub fn build(args: &StackArgs, config: EngineConfig) -> Result<Self, StackError> {
         LoadedStack::load(args)?.start(config)
     }
+}
+
+/// The sampling defaults `mode` takes from `g`, logged once.
+fn sampling_defaults(
+    mode: GenerationConfigMode,
+    g: &GenerationConfig,
+    eos: &[u32],
+) -> ModelDefaults {
+    let defaults = match mode {
+        GenerationConfigMode::Auto => ModelDefaults::from_generation_config(g),
+        GenerationConfigMode::Vllm => ModelDefaults::default(),
+    };
+    let ModelDefaults {
+        temperature,
+        top_p,
+        top_k,
+        repetition_penalty,
+    } = defaults;
+    if mode == GenerationConfigMode::Vllm {
+        tracing::info!(
+            eos_token_ids = ?eos,
+            "--generation-config vllm: generation_config.json's sampling defaults are ignored"
+        );
+    } else if defaults.is_empty() {
+        tracing::info!(eos_token_ids = ?eos, "no sampling defaults in generation_config.json");
+    } else {
+        tracing::info!(
+            ?temperature,
+            ?top_p,
+            ?top_k,
+            ?repetition_penalty,
+            eos_token_ids = ?eos,
+            "sampling defaults from generation_config.json apply to what requests leave unset"
+        );
+    }
+    defaults
 }
 
 /// `fp_wick-<version>-<dtype>-<device>`, lower case.

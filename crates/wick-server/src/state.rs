@@ -34,6 +34,15 @@ pub struct Serving {
     pub fingerprint: String,
 }
 
+/// The model a request runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelChoice {
+    /// The name responses report: the adapter's, or the base model's first served name.
+    pub name: String,
+    /// The LoRA adapter, when `name` is one.
+    pub lora: Option<String>,
+}
+
 /// State shared by every handler.
 pub struct AppState {
     /// Names clients may use in `model` (the first is reported).
@@ -42,6 +51,11 @@ pub struct AppState {
     pub api_keys: Vec<String>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// LoRA adapters may be loaded and unloaded through the API; paths confined to
+    /// `lora_root` when set.
+    pub lora_runtime_updates: bool,
+    /// The directory runtime-loaded adapter paths must be inside.
+    pub lora_root: Option<std::path::PathBuf>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     serving: OnceLock<Arc<Serving>>,
@@ -66,6 +80,8 @@ impl AppState {
             served_model_names,
             api_keys,
             max_body_bytes,
+            lora_runtime_updates: false,
+            lora_root: None,
             metrics,
             serving: OnceLock::new(),
             draining: AtomicBool::new(false),
@@ -162,14 +178,26 @@ impl AppState {
         InFlight(self.clone())
     }
 
-    /// 404 unless `model` (when given) is one of the served names.
-    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
-        match model {
-            Some(m) if !self.served_model_names.iter().any(|n| n == m) => {
-                Err(ApiError::model_not_found(m))
-            }
-            _ => Ok(()),
+    /// What a request's `model` names: the base model (absent, or one of the served
+    /// names) or one of `serving`'s LoRA adapters; 404 otherwise.
+    pub fn resolve_model(
+        &self,
+        model: Option<&str>,
+        serving: &Serving,
+    ) -> Result<ModelChoice, ApiError> {
+        let Some(m) = model.filter(|m| !self.served_model_names.iter().any(|n| n == m)) else {
+            return Ok(ModelChoice {
+                name: self.model_name().to_string(),
+                lora: None,
+            });
+        };
+        if serving.backend.loras().iter().any(|l| l.name == m) {
+            return Ok(ModelChoice {
+                name: m.to_string(),
+                lora: Some(m.to_string()),
+            });
         }
+        Err(ApiError::model_not_found(m))
     }
 
     /// The name responses report.

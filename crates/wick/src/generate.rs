@@ -41,6 +41,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         dtype: args.dtype.clone(),
         device: args.device.clone(),
         chat_template: None,
+        ..StackArgs::default()
     })?;
     let prompt = &loaded.prompt;
     let ids = if args.chat {

@@ -14,6 +14,7 @@ use crate::config::ModelConfig;
 use crate::input::ModelInput;
 use crate::Result;
 use candle_core::Tensor;
+use wick_kernels::LoraBatch;
 
 /// One attention block's weights and shape.
 #[derive(Debug, Clone)]
@@ -62,6 +63,16 @@ impl Attention {
         })
     }
 
+    /// q, k, v and o projections, in [`crate::lora::LoraModule`] order (for adapter slots).
+    pub fn projections_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+        ]
+    }
+
     /// Attends `x` (`[tokens, hidden]`, normalised) for the step `input`, writing this
     /// layer's new K/V into `k_cache`/`v_cache`; returns `[tokens, hidden]`.
     pub fn forward(
@@ -71,12 +82,13 @@ impl Attention {
         k_cache: &Tensor,
         v_cache: &Tensor,
         input: &ModelInput,
+        lora: Option<&LoraBatch>,
     ) -> Result<Tensor> {
         let t = input.num_tokens;
         let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
-        let q = self.q_proj.forward(x)?.reshape((t, nh, hd))?;
-        let k = self.k_proj.forward(x)?.reshape((t, nkv, hd))?;
-        let v = self.v_proj.forward(x)?.reshape((t, nkv, hd))?;
+        let q = self.q_proj.forward_lora(x, lora)?.reshape((t, nh, hd))?;
+        let k = self.k_proj.forward_lora(x, lora)?.reshape((t, nkv, hd))?;
+        let v = self.v_proj.forward_lora(x, lora)?.reshape((t, nkv, hd))?;
         let (q, k) = match &self.qk_norm {
             Some((qn, kn)) => (qn.forward(&q.contiguous()?)?, kn.forward(&k.contiguous()?)?),
             None => (q, k),
@@ -98,6 +110,6 @@ impl Attention {
             self.scale,
             self.sliding_window,
         )?;
-        self.o_proj.forward(&attn.reshape((t, nh * hd))?)
+        self.o_proj.forward_lora(&attn.reshape((t, nh * hd))?, lora)
     }
 }

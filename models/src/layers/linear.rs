@@ -5,16 +5,20 @@
 //! where, later, LoRA adapters (an added low-rank delta per request), quantized weights
 //! (a different weight storage and matmul), fused projections (q/k/v or gate/up as one
 //! matmul whose output is split) and column/row sharding for tensor parallelism (a slice
-//! of `W` per device plus a gather or reduce) hook in. None of those exists yet: today a
-//! `Linear` is a dense weight and an optional bias.
+//! of `W` per device plus a gather or reduce) hook in. LoRA is here: a projection with
+//! adapter slots ([`LoraSlots`]) adds each token's adapter delta after the dense matmul
+//! ([`Linear::forward_lora`]); the others do not exist yet.
 //!
 //! Invariant: the arithmetic is exactly candle-nn's `Linear` for contiguous inputs (one
 //! 2-D matmul against the transposed weight, then a broadcast bias add), so replacing it
 //! changed no logits.
 
+use super::lora::LoraSlots;
 use super::WeightLoader;
+use crate::lora::LoraPair;
 use crate::{ModelError, Result};
 use candle_core::Tensor;
+use wick_kernels::LoraBatch;
 
 /// A dense linear projection with an optional bias.
 #[derive(Debug, Clone)]
@@ -23,12 +27,35 @@ pub struct Linear {
     weight: Tensor,
     /// `[out]`.
     bias: Option<Tensor>,
+    /// Adapter slots, when LoRA is enabled for this projection.
+    lora: Option<LoraSlots>,
 }
 
 impl Linear {
     /// A layer from a `[out, in]` weight and an optional `[out]` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// Gives the projection `num_slots` empty adapter slots (in its weight's dtype and
+    /// device).
+    pub fn enable_lora(&mut self, num_slots: usize) -> Result<()> {
+        let (out, inp) = self.weight.dims2()?;
+        let (dtype, device) = (self.weight.dtype(), self.weight.device());
+        self.lora = Some(LoraSlots::new(num_slots, inp, out, dtype, device)?);
+        Ok(())
+    }
+
+    /// Puts `pair` (`None`: zeros) in adapter `slot`; an error if LoRA is not enabled.
+    pub fn set_lora(&mut self, slot: usize, pair: Option<&LoraPair>) -> Result<()> {
+        match &mut self.lora {
+            Some(slots) => slots.set(slot, pair),
+            None => Err(ModelError::invalid("LoRA", "adapters are not enabled")),
+        }
     }
 
     /// Loads `{prefix}.weight` `[out, inp]` and, if `bias`, `{prefix}.bias` `[out]`.
@@ -46,6 +73,19 @@ impl Linear {
             None
         };
         Ok(Self::new(weight, bias))
+    }
+
+    /// [`Linear::forward`] plus, for `[tokens, in]` inputs, each token's adapter delta
+    /// as `lora` assigns slots (nothing when `lora` is `None` or has no adapted token).
+    pub fn forward_lora(&self, x: &Tensor, lora: Option<&LoraBatch>) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        match (&self.lora, lora) {
+            (Some(slots), Some(batch)) if !batch.is_empty() && slots.rank() > 0 => {
+                let (a, b) = slots.stacks();
+                Ok(wick_kernels::lora_apply(&y, x, a, b, batch)?)
+            }
+            _ => Ok(y),
+        }
     }
 
     /// Applies the layer to `x` of shape `[..., in]`; returns `[..., out]`.

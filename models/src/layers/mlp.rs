@@ -3,6 +3,7 @@
 use super::{Linear, WeightLoader};
 use crate::Result;
 use candle_core::Tensor;
+use wick_kernels::LoraBatch;
 
 /// Gated SiLU MLP.
 #[derive(Debug, Clone)]
@@ -24,8 +25,15 @@ impl Mlp {
     }
 
     /// `[tokens, hidden]` -> `[tokens, hidden]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    pub fn forward(&self, x: &Tensor, lora: Option<&LoraBatch>) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward_lora(x, lora)?)?;
+        let up = self.up_proj.forward_lora(x, lora)?;
+        self.down_proj.forward_lora(&(gate * up)?, lora)
+    }
+
+    /// gate, up and down projections, in [`crate::lora::LoraModule`] order (for adapter
+    /// slots).
+    pub fn projections_mut(&mut self) -> [&mut Linear; 3] {
+        [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj]
     }
 }

@@ -1,7 +1,7 @@
 //! The building blocks every architecture family is made of: [`linear::Linear`] (wick's
 //! own, the one place every projection goes through), [`attention::Attention`] over the
 //! paged KV cache, the gated [`mlp::Mlp`], [`rotary::RotaryEmbedding`] and
-//! [`norm::RmsNorm`]. A family file (e.g. `llama.rs`) composes them; it holds no
+//! [`norm::RmsNorm`], and the adapter slots [`lora::LoraSlots`] a `Linear` may carry. A family file (e.g. `llama.rs`) composes them; it holds no
 //! arithmetic of its own beyond residual additions.
 //!
 //! Every layer is built through a [`WeightLoader`], which reads tensors by their Hugging
@@ -11,12 +11,14 @@
 
 pub mod attention;
 pub mod linear;
+pub mod lora;
 pub mod mlp;
 pub mod norm;
 pub mod rotary;
 
 pub use attention::Attention;
 pub use linear::Linear;
+pub use lora::LoraSlots;
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rotary::RotaryEmbedding;

@@ -23,6 +23,8 @@ pub struct Seq {
     pub computed: usize,
     pub block_table: Vec<u32>,
     pub out: Vec<(u32, f32)>,
+    /// The model's LoRA slot it runs on (`None`: the base model).
+    pub lora_slot: Option<u32>,
 }
 
 impl Seq {
@@ -34,6 +36,7 @@ impl Seq {
             computed: 0,
             block_table,
             out: vec![],
+            lora_slot: None,
         }
     }
     fn done(&self, eos: u32) -> bool {
@@ -66,6 +69,7 @@ pub fn run_batch(model: &Model, cache: &mut KvCache, seqs: &mut [Seq], chunk: us
                 tokens: &seqs[i].tokens[seqs[i].computed..end],
                 num_computed_tokens: seqs[i].computed,
                 block_table: &seqs[i].block_table,
+                lora_slot: seqs[i].lora_slot,
             })
             .collect();
         let input = ModelInput::build(&chunks, cache.block_size, model.device()).unwrap();

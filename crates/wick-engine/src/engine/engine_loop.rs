@@ -16,8 +16,10 @@ use super::{DurationHistogram, EngineInfo, EngineRequest, EngineStats, Fault};
 use crate::kv::SeqId;
 use crate::runner::ModelRunner;
 use crate::sampler::{sample_row, SampleScratch, SeqSamplingState};
-use crate::scheduler::{Scheduler, SchedulerOutput, SeqUpdate, Sequence, StopConfig};
-use std::collections::HashMap;
+use crate::scheduler::{
+    LoraId, Scheduler, SchedulerOutput, SeqStatus, SeqUpdate, Sequence, StopConfig,
+};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,7 @@ pub(crate) struct EngineLoop {
     computed_tokens: u64,
     step_duration: DurationHistogram,
     last_step_unix_s: Option<f64>,
+    max_loras_in_step: usize,
 }
 
 impl EngineLoop {
@@ -68,6 +71,7 @@ impl EngineLoop {
             computed_tokens: 0,
             step_duration: DurationHistogram::default(),
             last_step_unix_s: None,
+            max_loras_in_step: 0,
         }
     }
 
@@ -167,7 +171,9 @@ impl EngineLoop {
             events,
             arrival,
             permit,
+            lora,
         } = sub;
+        let lora_id = lora.as_ref().map(|l| l.id);
         let seed = request.params.seed.unwrap_or_else(|| {
             arrival.elapsed().as_nanos() as u64 ^ id.0.wrapping_mul(0x9E37_79B9)
         });
@@ -177,8 +183,9 @@ impl EngineLoop {
             arrival,
             request.params.clone(),
             request.prompt_token_ids.len(),
+            lora,
         );
-        match self.add_sequences(id, &request, seed) {
+        match self.add_sequences(id, &request, seed, lora_id) {
             Ok(()) => {
                 self.requests.insert(id, state);
             }
@@ -195,6 +202,7 @@ impl EngineLoop {
         id: RequestId,
         request: &EngineRequest,
         seed: u64,
+        lora: Option<LoraId>,
     ) -> Result<(), WickError> {
         let (prompt, params) = (&request.prompt_token_ids, &request.params);
         let stop = StopConfig::new(params, &self.info.eos_token_ids);
@@ -204,7 +212,7 @@ impl EngineLoop {
                 None => None,
             };
             let seq_id = SeqId::new(id, index as u32);
-            let seq = Sequence::new(seq_id, prompt.clone(), params.max_tokens);
+            let seq = Sequence::new(seq_id, prompt.clone(), params.max_tokens).with_lora(lora);
             self.scheduler.add_request(seq.with_stop(stop.clone()))?;
             let state = SeqSamplingState::new(seed, index, prompt, params);
             (self.seq_states).insert(seq_id, state.with_processor(processor));
@@ -269,6 +277,7 @@ impl EngineLoop {
         self.steps += 1;
         self.computed_tokens += output.total_num_scheduled_tokens as u64;
         self.inject_fault();
+        self.load_loras(output);
         match self.runner.run_step(output) {
             Ok(rows) => rows.into_iter().map(Some).collect(),
             Err(e) => {
@@ -291,6 +300,48 @@ impl EngineLoop {
                     }
                 }
                 rows
+            }
+        }
+    }
+
+    /// Copies the adapters the scheduler placed in new slots into the model. A failed
+    /// copy fails the requests on that adapter (the slot's contents are then unknown, so
+    /// it is emptied).
+    fn load_loras(&mut self, output: &SchedulerOutput) {
+        let distinct: HashSet<u32> = output
+            .scheduled
+            .iter()
+            .filter_map(|s| s.lora_slot)
+            .collect();
+        self.max_loras_in_step = self.max_loras_in_step.max(distinct.len());
+        for &(slot, id) in &output.lora_loads {
+            let entry = (self.requests.values())
+                .find_map(|r| r.lora().filter(|l| l.id == id))
+                .cloned();
+            let result = match &entry {
+                Some(e) => self.runner.load_lora(slot, Some(&e.adapter)),
+                None => Ok(()), // its requests are gone; nothing will run on it
+            };
+            match (result, entry) {
+                (Ok(()), Some(e)) => {
+                    tracing::debug!(lora = %e.name, slot, "adapter loaded into its slot")
+                }
+                (Ok(()), None) => {}
+                (Err(err), e) => {
+                    tracing::error!(slot, error = %err, "cannot load a LoRA adapter into its slot");
+                    let _ = self.runner.load_lora(slot, None);
+                    let failed: Vec<RequestId> = (self.requests.iter())
+                        .filter(|(_, r)| r.lora().is_some_and(|l| l.id == id))
+                        .map(|(&rid, _)| rid)
+                        .collect();
+                    let name = e.map(|e| e.name.clone()).unwrap_or_default();
+                    for rid in failed {
+                        self.fail_request(
+                            rid,
+                            WickError::internal(format!("cannot load LoRA adapter {name}: {err}")),
+                        );
+                    }
+                }
             }
         }
     }
@@ -362,6 +413,24 @@ impl EngineLoop {
         }
     }
 
+    /// Names of the adapters of running and of waiting sequences (sorted, distinct).
+    fn lora_names(&self) -> (Vec<String>, Vec<String>) {
+        let mut running = BTreeSet::new();
+        let mut waiting = BTreeSet::new();
+        for (&id, r) in &self.requests {
+            let Some(l) = r.lora() else { continue };
+            let seqs =
+                (0..r.params().n as u32).filter_map(|i| self.scheduler.get(SeqId::new(id, i)));
+            for seq in seqs {
+                match seq.status() {
+                    SeqStatus::Running => running.insert(l.name.clone()),
+                    _ => waiting.insert(l.name.clone()),
+                };
+            }
+        }
+        (running.into_iter().collect(), waiting.into_iter().collect())
+    }
+
     fn record_step(&mut self, started: Instant) {
         self.monitor.progress();
         self.step_duration.observe(started.elapsed().as_secs_f64());
@@ -373,6 +442,7 @@ impl EngineLoop {
 
     fn publish_stats(&self) {
         let s = self.scheduler.stats();
+        let (running_loras, waiting_loras) = self.lora_names();
         if let Ok(mut stats) = self.stats.lock() {
             *stats = EngineStats {
                 num_running: s.num_running,
@@ -386,6 +456,10 @@ impl EngineLoop {
                 computed_tokens: self.computed_tokens,
                 step_duration: self.step_duration.clone(),
                 last_step_unix_s: self.last_step_unix_s,
+                running_loras,
+                waiting_loras,
+                max_loras: self.scheduler.config().max_loras,
+                max_loras_in_step: self.max_loras_in_step,
             };
         }
     }

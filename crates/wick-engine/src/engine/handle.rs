@@ -7,6 +7,7 @@
 
 use super::engine_loop::EngineLoop;
 use super::health::{EngineHealth, Monitor};
+use super::lora::{LoraEntry, LoraRegistry};
 use super::queue::{QueuePermit, WaitingQueue};
 use super::{EngineConfig, EngineInfo, EngineRequest, EngineStats, DEFAULT_KV_CACHE_MEMORY};
 use crate::runner::ModelRunner;
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use wick_core::{ErrorKind, RequestId, TokenEvent, WickError};
-use wick_models::{KvCache, Model};
+use wick_models::{KvCache, LoraAdapter, Model, ModelConfig};
 
 /// What the handles ask of the loop.
 pub(crate) enum Command {
@@ -41,6 +42,8 @@ pub(crate) struct Submission {
     pub(crate) arrival: Instant,
     /// Its place in the waiting queue; dropped with the submission if it never starts.
     pub(crate) permit: QueuePermit,
+    /// Its LoRA adapter, held until the request ends.
+    pub(crate) lora: Option<Arc<LoraEntry>>,
 }
 
 /// The events of one request; drop it to abort the request. Also a
@@ -97,16 +100,25 @@ pub struct EngineHandle {
     queue: WaitingQueue,
     monitor: Arc<Monitor>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    loras: Arc<LoraRegistry>,
+    model_config: Arc<ModelConfig>,
+    max_loras: usize,
+    max_lora_rank: usize,
 }
 
 impl EngineHandle {
     /// Sizes the KV cache, then starts the engine thread over `model`.
     pub fn start(
-        model: Model,
+        mut model: Model,
         eos_token_ids: Vec<u32>,
         config: EngineConfig,
     ) -> Result<Self, WickError> {
         let cfg = model.config().clone();
+        if config.max_loras > 0 {
+            model
+                .enable_lora(config.max_loras)
+                .map_err(|e| WickError::internal(format!("cannot enable LoRA: {e}")))?;
+        }
         let max_model_len = match config.max_model_len {
             Some(n) if n > cfg.max_position_embeddings => {
                 return Err(WickError::invalid_param(
@@ -137,6 +149,7 @@ impl EngineHandle {
             num_blocks: cache.num_blocks,
             enable_prefix_caching: config.enable_prefix_caching,
             long_prefill_token_threshold: None,
+            max_loras: config.max_loras,
         })?;
         let info = Arc::new(EngineInfo {
             max_model_len,
@@ -177,7 +190,54 @@ impl EngineHandle {
             queue: WaitingQueue::new(config.max_waiting),
             monitor,
             thread: Arc::new(Mutex::new(Some(thread))),
+            loras: Arc::new(LoraRegistry::default()),
+            model_config: Arc::new(cfg),
+            max_loras: config.max_loras,
+            max_lora_rank: config.max_lora_rank,
         })
+    }
+
+    /// Reads the LoRA adapter at `source` (a local PEFT directory or a hub id), checks it
+    /// against the model, and offers it as `name`. Blocking (reads files). Refused
+    /// (`InvalidRequest`, naming what is wrong) when LoRA is off, the name is taken, or the
+    /// adapter does not fit the model or the server's limits.
+    pub fn load_lora(&self, name: &str, source: &str) -> Result<Arc<LoraEntry>, WickError> {
+        if self.max_loras == 0 {
+            return Err(WickError::invalid_param(
+                "lora_name",
+                "LoRA adapters are not enabled on this server (--max-loras is 0)",
+            ));
+        }
+        if self.loras.get(name).is_ok() {
+            return Err(WickError::invalid_param(
+                "lora_name",
+                format!("an adapter named {name:?} is already loaded"),
+            ));
+        }
+        let adapter = LoraAdapter::load(source, &self.model_config, self.max_lora_rank)
+            .map_err(|e| WickError::invalid_param("lora_path", format!("{source}: {e}")))?;
+        let entry = self.loras.add(name, source, adapter)?;
+        tracing::info!(
+            lora = name,
+            source,
+            rank = entry.adapter.rank,
+            bytes = entry.adapter.num_bytes(),
+            "LoRA adapter loaded"
+        );
+        Ok(entry)
+    }
+
+    /// Stops offering adapter `name` (`NotFound` if none): new requests for it are
+    /// refused, requests in flight finish on it.
+    pub fn unload_lora(&self, name: &str) -> Result<(), WickError> {
+        self.loras.remove(name)?;
+        tracing::info!(lora = name, "LoRA adapter unloaded");
+        Ok(())
+    }
+
+    /// The adapters offered, by name.
+    pub fn loras(&self) -> Vec<Arc<LoraEntry>> {
+        self.loras.list()
     }
 
     /// Fixed facts about the engine.
@@ -237,6 +297,10 @@ impl EngineHandle {
             ));
         }
         info.check_context(request.prompt_token_ids.len(), request.params.max_tokens)?;
+        let lora = match &request.lora {
+            Some(name) => Some(self.loras.get(name)?),
+            None => None,
+        };
         let Some(permit) = self.queue.try_acquire() else {
             return Err(WickError::new(
                 ErrorKind::Overloaded,
@@ -254,6 +318,7 @@ impl EngineHandle {
             events: tx,
             arrival: Instant::now(),
             permit,
+            lora,
         };
         // On failure the submission, and with it the permit, is dropped here.
         if self.commands.send(Command::Submit(Box::new(sub))).is_err() {

@@ -5,18 +5,21 @@
 //! - `engine_loop`: the loop, one step = `schedule` -> `run` -> `postprocess`;
 //! - `request`: what the loop keeps per request (events channel, timing, metrics);
 //! - `queue`: the waiting-queue permit, given back when dropped;
-//! - [`health`]: liveness ([`EngineHealth`]) and step timing shared with the handle.
+//! - [`health`]: liveness ([`EngineHealth`]) and step timing shared with the handle;
+//! - [`lora`]: the adapters offered, by name ([`LoraRegistry`]).
 //!
 //! This file holds the plain data around them: configuration, fixed facts, counters.
 
 mod engine_loop;
 pub mod handle;
 pub mod health;
+pub mod lora;
 mod queue;
 mod request;
 
 pub use handle::{EngineHandle, RequestStream};
 pub use health::EngineHealth;
+pub use lora::{LoraEntry, LoraRegistry};
 
 use crate::sampler::LogitsProcessorFactory;
 use std::sync::Arc;
@@ -43,6 +46,10 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Reuse full KV blocks across requests by prefix hash.
     pub enable_prefix_caching: bool,
+    /// LoRA adapters resident in the model at once (its adapter slots); 0: LoRA off.
+    pub max_loras: usize,
+    /// Highest adapter rank accepted.
+    pub max_lora_rank: usize,
     /// How long the engine may have work without completing a step before
     /// [`EngineHandle::health`] reports it stalled.
     pub stall_timeout: Duration,
@@ -61,6 +68,8 @@ impl Default for EngineConfig {
             kv_cache_memory: None,
             max_model_len: None,
             enable_prefix_caching: true,
+            max_loras: 0,
+            max_lora_rank: 64,
             stall_timeout: Duration::from_secs(60),
             fault: None,
         }
@@ -91,6 +100,8 @@ pub struct EngineRequest {
     /// constrains every sampling step of it (structured output, tool calls); `None`:
     /// unconstrained.
     pub logits_processor: Option<Arc<dyn LogitsProcessorFactory>>,
+    /// The LoRA adapter to run it on, by registered name; `None`: the base model.
+    pub lora: Option<String>,
 }
 
 impl EngineRequest {
@@ -100,7 +111,14 @@ impl EngineRequest {
             prompt_token_ids,
             params,
             logits_processor: None,
+            lora: None,
         }
+    }
+
+    /// The same request on the LoRA adapter registered as `name`.
+    pub fn with_lora(mut self, name: impl Into<String>) -> Self {
+        self.lora = Some(name.into());
+        self
     }
 
     /// The same request with `factory` making a logits processor per completion.
@@ -116,6 +134,7 @@ impl std::fmt::Debug for EngineRequest {
             .field("prompt_token_ids", &self.prompt_token_ids)
             .field("params", &self.params)
             .field("logits_processor", &self.logits_processor.is_some())
+            .field("lora", &self.lora)
             .finish()
     }
 }
@@ -130,6 +149,7 @@ impl PartialEq for EngineRequest {
         };
         self.prompt_token_ids == other.prompt_token_ids
             && self.params == other.params
+            && self.lora == other.lora
             && same_processor
     }
 }
@@ -247,6 +267,14 @@ pub struct EngineStats {
     pub step_duration: DurationHistogram,
     /// When the last step finished, seconds since the Unix epoch; `None` before any.
     pub last_step_unix_s: Option<f64>,
+    /// Names of the LoRA adapters of running sequences.
+    pub running_loras: Vec<String>,
+    /// Names of the LoRA adapters of waiting sequences.
+    pub waiting_loras: Vec<String>,
+    /// LoRA adapter slots (`--max-loras`; 0: LoRA off).
+    pub max_loras: usize,
+    /// Most distinct LoRA adapters in one step since start.
+    pub max_loras_in_step: usize,
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! request (or until the state is dropped); nothing is sent after `Finished` or `Error`,
 //! because sending either consumes the state.
 
+use super::lora::LoraEntry;
 use super::queue::QueuePermit;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use wick_core::{
@@ -27,6 +29,8 @@ pub(crate) struct RequestState {
     last_token: Vec<Option<Instant>>,
     unfinished: usize,
     metrics: RequestMetrics,
+    /// Its LoRA adapter (held, so unloading the name lets it finish).
+    lora: Option<Arc<LoraEntry>>,
 }
 
 impl RequestState {
@@ -38,6 +42,7 @@ impl RequestState {
         arrival: Instant,
         params: SamplingParams,
         prompt_tokens: usize,
+        lora: Option<Arc<LoraEntry>>,
     ) -> Self {
         let n = params.n;
         Self {
@@ -52,7 +57,13 @@ impl RequestState {
                 prompt_tokens,
                 ..Default::default()
             },
+            lora,
         }
+    }
+
+    /// Its LoRA adapter, if any.
+    pub(crate) fn lora(&self) -> Option<&Arc<LoraEntry>> {
+        self.lora.as_ref()
     }
 
     /// Its sampling parameters.

@@ -24,13 +24,17 @@
 //! the earliest running sequence always progresses: no deadlock, and since waiting ones
 //! are admitted strictly in arrival order, no starvation.
 
+mod lora_slots;
 mod output;
 mod sequence;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_lora;
+#[cfg(test)]
 mod tests_prop;
 
+pub use lora_slots::{LoraId, LoraSlots};
 pub use output::check_context;
 pub use output::{ScheduledSeq, SchedulerConfig, SchedulerOutput, SchedulerStats, SeqUpdate};
 pub use sequence::{SeqStatus, Sequence, StopConfig};
@@ -55,6 +59,7 @@ pub struct Scheduler {
     running: Vec<SeqId>,
     next_arrival: u64,
     num_preemptions: u64,
+    lora_slots: LoraSlots,
 }
 
 impl Scheduler {
@@ -65,6 +70,7 @@ impl Scheduler {
             .map_err(|_| WickError::invalid_param("num_blocks", "too large"))?;
         Ok(Self {
             kv: KvCacheManager::new(num_blocks, config.block_size, config.enable_prefix_caching),
+            lora_slots: LoraSlots::new(config.max_loras),
             config,
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
@@ -99,6 +105,12 @@ impl Scheduler {
         if seq.max_tokens == 0 {
             return Err(WickError::invalid_param("max_tokens", "must be at least 1"));
         }
+        if seq.lora.is_some() && self.lora_slots.is_empty() {
+            return Err(WickError::invalid_param(
+                "model",
+                "LoRA adapters are not enabled on this server",
+            ));
+        }
         self.config.check_context(prompt, seq.max_tokens)?;
         if self.seqs.contains_key(&seq.id) {
             return Err(WickError::internal(format!("{} is already queued", seq.id)));
@@ -118,6 +130,7 @@ impl Scheduler {
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = self.config.max_num_batched_tokens;
+        self.lora_slots.tick();
         self.schedule_running(&mut budget, &mut out);
         if out.preempted.is_empty() {
             self.schedule_waiting(&mut budget, &mut out);
@@ -168,34 +181,65 @@ impl Scheduler {
             return Ok(None);
         }
         let hit = PrefixHit::none();
+        // A running sequence's adapter is resident: nothing evicts an adapter in use.
+        let slot = seq.lora.and_then(|l| self.lora_slots.lookup(l));
         match (self.kv).allocate_slots(id, &seq.token_ids, seq.extra_key, done, n, &hit) {
-            Some(table) => Ok(Some(scheduled(seq, n, table))),
+            Some(table) => Ok(Some(scheduled(seq, n, table, slot))),
             None => Err(()),
         }
     }
 
-    /// Waiting sequences, by arrival, while budget, `max_num_seqs` and blocks last.
+    /// Waiting sequences, by arrival, while budget, `max_num_seqs` and blocks last. A
+    /// sequence whose LoRA adapter can get no slot (every slot busy) is passed over, and
+    /// later ones may start meanwhile; anything else stops admission for this step.
     fn schedule_waiting(&mut self, budget: &mut usize, out: &mut SchedulerOutput) {
+        let mut i = 0;
         while *budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(&id) = self.waiting.front() else {
+            let Some(&id) = self.waiting.get(i) else {
                 break;
             };
-            let Some(seq) = self.seqs.get_mut(&id) else {
-                self.waiting.pop_front(); // unreachable: finish() removes it from both
+            let Some(seq) = self.seqs.get(&id) else {
+                self.waiting.remove(i); // unreachable: finish() removes it from both
                 continue;
             };
             let (tokens, extra) = (&seq.token_ids, seq.extra_key);
             let hit = self.kv.get_computed_blocks(tokens, extra);
             let n = chunk(&self.config, tokens.len() - hit.num_tokens(), *budget);
+            let slot = match seq.lora {
+                None => None,
+                Some(lora) => {
+                    let (seqs, running) = (&self.seqs, &self.running);
+                    let in_use = |l| {
+                        running
+                            .iter()
+                            .any(|r| seqs.get(r).is_some_and(|s| s.lora == Some(l)))
+                    };
+                    let Some(planned) = self.lora_slots.plan(lora, in_use) else {
+                        i += 1;
+                        continue;
+                    };
+                    Some((planned, lora))
+                }
+            };
             let Some(table) = self.kv.allocate_slots(id, tokens, extra, 0, n, &hit) else {
                 break;
             };
             let table = table.to_vec();
+            let slot = slot.map(|((slot, load), lora)| {
+                self.lora_slots.commit(slot, lora);
+                if load {
+                    out.lora_loads.push((slot, lora));
+                }
+                slot
+            });
             self.kv.record_prefix_query(&hit);
-            self.waiting.pop_front();
+            self.waiting.remove(i);
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                continue;
+            };
             seq.num_computed_tokens = hit.num_tokens();
             seq.status = SeqStatus::Running;
-            out.scheduled.push(scheduled(seq, n, &table));
+            out.scheduled.push(scheduled(seq, n, &table, slot));
             *budget -= n;
             let arrival = seq.arrival;
             let seqs = &self.seqs;
@@ -426,7 +470,7 @@ fn chunk(config: &SchedulerConfig, remaining: usize, budget: usize) -> usize {
 }
 
 /// `seq`'s entry in a step computing its next `n` tokens.
-fn scheduled(seq: &Sequence, n: usize, table: &[u32]) -> ScheduledSeq {
+fn scheduled(seq: &Sequence, n: usize, table: &[u32], lora_slot: Option<u32>) -> ScheduledSeq {
     let start = seq.num_computed_tokens;
     ScheduledSeq {
         seq: seq.id,
@@ -434,5 +478,6 @@ fn scheduled(seq: &Sequence, n: usize, table: &[u32]) -> ScheduledSeq {
         num_computed_tokens: start,
         block_table: table.to_vec(),
         sample: start + n == seq.num_tokens(),
+        lora_slot,
     }
 }

@@ -24,6 +24,8 @@ pub struct SchedulerConfig {
     /// Most tokens one sequence may take in a step (so a long prompt does not hold up
     /// everyone's decode); `None`: only the budget limits it.
     pub long_prefill_token_threshold: Option<usize>,
+    /// LoRA adapter slots of the model (adapters resident at once); 0: LoRA disabled.
+    pub max_loras: usize,
 }
 
 impl SchedulerConfig {
@@ -39,6 +41,7 @@ impl SchedulerConfig {
             num_blocks,
             enable_prefix_caching: true,
             long_prefill_token_threshold: None,
+            max_loras: 0,
         }
     }
 
@@ -133,6 +136,8 @@ pub struct ScheduledSeq {
     /// Whether this step reaches the end of the known tokens, so the logits of the last
     /// position are to be sampled (false for a chunk of a prefill).
     pub sample: bool,
+    /// The model's adapter slot its tokens use; `None`: the base model.
+    pub lora_slot: Option<u32>,
 }
 
 impl ScheduledSeq {
@@ -156,6 +161,8 @@ pub struct SchedulerOutput {
     pub preempted: Vec<SeqId>,
     /// Sum of `token_ids.len()` over `scheduled`.
     pub total_num_scheduled_tokens: usize,
+    /// Adapters to copy into the model's slots before this step runs: `(slot, adapter)`.
+    pub lora_loads: Vec<(u32, super::LoraId)>,
 }
 
 impl SchedulerOutput {

@@ -9,6 +9,7 @@
 
 use wick_core::{FinishReason, SamplingParams};
 
+use super::LoraId;
 use crate::kv::SeqId;
 
 /// Where a sequence is in its life.
@@ -77,6 +78,7 @@ pub struct Sequence {
     pub(super) num_computed_tokens: usize,
     pub(super) max_tokens: usize,
     pub(super) extra_key: Option<u64>,
+    pub(super) lora: Option<LoraId>,
     pub(super) stop: StopConfig,
     pub(super) arrival: u64,
     pub(super) status: SeqStatus,
@@ -94,6 +96,7 @@ impl Sequence {
             num_computed_tokens: 0,
             max_tokens,
             extra_key: None,
+            lora: None,
             stop: StopConfig::default(),
             arrival: 0,
             status: SeqStatus::Waiting,
@@ -106,6 +109,19 @@ impl Sequence {
     pub fn with_extra_key(mut self, extra_key: Option<u64>) -> Self {
         self.extra_key = extra_key;
         self
+    }
+
+    /// Runs it on LoRA adapter `lora` (`None`: the base model); the adapter also keys its
+    /// prefix-cache blocks, so two adapters never share KV of the same prompt.
+    pub fn with_lora(mut self, lora: Option<LoraId>) -> Self {
+        self.lora = lora;
+        self.extra_key = lora;
+        self
+    }
+
+    /// Its LoRA adapter, if any.
+    pub fn lora(&self) -> Option<LoraId> {
+        self.lora
     }
 
     /// Sets the rules that end it early (eos, stop token ids, min_tokens).

@@ -2,18 +2,18 @@
 
 use super::*;
 
-fn sid(r: u64, i: u32) -> SeqId {
+pub(super) fn sid(r: u64, i: u32) -> SeqId {
     SeqId::new(RequestId(r), i)
 }
 
-fn config(num_blocks: usize, block_size: usize, budget: usize) -> SchedulerConfig {
+pub(super) fn config(num_blocks: usize, block_size: usize, budget: usize) -> SchedulerConfig {
     SchedulerConfig {
         max_num_batched_tokens: budget,
         ..SchedulerConfig::new(num_blocks, block_size, 4096)
     }
 }
 
-fn prompt(start: u32, len: u32) -> Vec<u32> {
+pub(super) fn prompt(start: u32, len: u32) -> Vec<u32> {
     (start..start + len).collect()
 }
 
@@ -24,7 +24,7 @@ fn fake_token(seq_len: usize) -> u32 {
 }
 
 /// Checks the output's limits, fabricates the sampled tokens, applies them.
-fn step(s: &mut Scheduler) -> (SchedulerOutput, Vec<SeqUpdate>) {
+pub(super) fn step(s: &mut Scheduler) -> (SchedulerOutput, Vec<SeqUpdate>) {
     let out = s.schedule();
     let c = s.config().clone();
     let sum: usize = out.scheduled.iter().map(|x| x.token_ids.len()).sum();

@@ -57,6 +57,7 @@ fn config() -> impl Strategy<Value = SchedulerConfig> {
                 num_blocks,
                 enable_prefix_caching: caching,
                 long_prefill_token_threshold: threshold,
+                max_loras: 0,
             },
         )
 }

@@ -326,3 +326,28 @@ fn label_values_are_sanitised() {
     assert!(text.contains("wick:http_requests_total{route=\"/x_y\",status=\"404\"} 1"));
     parse(&text);
 }
+
+#[test]
+fn lora_requests_info_names_running_and_waiting_adapters_when_lora_is_on() {
+    let off = recorded().render(&EngineStats::default(), None);
+    assert!(!off.contains("lora_requests_info"), "{off}");
+    let stats = EngineStats {
+        running_loras: vec!["a".into(), "b".into()],
+        waiting_loras: vec!["c".into()],
+        max_loras: 4,
+        ..Default::default()
+    };
+    let text = recorded().render(&stats, None);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("wick:lora_requests_info{"))
+        .unwrap_or_else(|| panic!("no lora_requests_info\n{text}"));
+    for label in [
+        "running_lora_adapters=\"a,b\"",
+        "waiting_lora_adapters=\"c\"",
+        "max_lora=\"4\"",
+        "model_name=\"smol\"",
+    ] {
+        assert!(line.contains(label), "{label} missing: {line}");
+    }
+}

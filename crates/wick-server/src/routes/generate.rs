@@ -8,7 +8,7 @@ use crate::protocol::{
     flatten_messages, ChatCompletionRequest, CompletionRequest, PromptField, SamplingFields,
 };
 use crate::response::{Endpoint, Responder};
-use crate::state::{AppState, InFlight, Serving};
+use crate::state::{AppState, InFlight, ModelChoice, Serving};
 use axum::extract::State;
 use axum::response::Response;
 use std::hash::{BuildHasher, Hasher};
@@ -63,12 +63,13 @@ struct Prepared {
     default_max_tokens: Option<usize>,
     logprobs: bool,
     top_logprobs: i64,
+    /// The model (or LoRA adapter) it runs on.
+    model: ModelChoice,
 }
 
 /// Submits every prompt (any refusal drops, and so aborts, those already submitted) and
 /// answers whole or streamed.
 async fn respond(
-    state: &AppState,
     serving: Arc<Serving>,
     in_flight: InFlight,
     fields: &SamplingFields,
@@ -99,6 +100,7 @@ async fn respond(
             params,
             &stops,
             num_choices,
+            p.model.lora.clone(),
         )?);
         num_choices += n;
     }
@@ -106,7 +108,7 @@ async fn respond(
         endpoint: p.endpoint,
         id,
         created: unix_now(),
-        model: state.model_name().to_string(),
+        model: p.model.name.clone(),
         serving,
         logprobs: p.logprobs,
         top_logprobs: p.top_logprobs.max(0) as usize,
@@ -125,8 +127,8 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    state.check_model(req.sampling.model.as_deref())?;
     let serving = state.serving()?;
+    let model = state.resolve_model(req.sampling.model.as_deref(), &serving)?;
     let in_flight = state.track();
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = req.top_logprobs.unwrap_or(0);
@@ -147,8 +149,9 @@ pub async fn chat_completions(
         default_max_tokens: None,
         logprobs,
         top_logprobs,
+        model,
     };
-    respond(&state, serving, in_flight, &req.sampling, prepared).await
+    respond(serving, in_flight, &req.sampling, prepared).await
 }
 
 /// POST /v1/completions.
@@ -156,8 +159,8 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     OpenAiJson(req): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    state.check_model(req.sampling.model.as_deref())?;
     let serving = state.serving()?;
+    let model = state.resolve_model(req.sampling.model.as_deref(), &serving)?;
     let in_flight = state.track();
     let echo = req.echo.unwrap_or(false);
     let top_logprobs = req.logprobs.unwrap_or(0);
@@ -205,6 +208,7 @@ pub async fn completions(
         default_max_tokens: Some(DEFAULT_COMPLETION_MAX_TOKENS),
         logprobs,
         top_logprobs,
+        model,
     };
-    respond(&state, serving, in_flight, &req.sampling, prepared).await
+    respond(serving, in_flight, &req.sampling, prepared).await
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
     let serving = state.serving()?;
     let max_model_len = serving.backend.info().max_model_len;
-    let data = state
+    let mut data: Vec<ModelCard> = state
         .served_model_names
         .iter()
         .map(|name| ModelCard {
@@ -24,9 +24,19 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList
             created: serving.created,
             owned_by: "wick",
             root: name.clone(),
+            parent: None,
             max_model_len,
         })
         .collect();
+    data.extend(serving.backend.loras().into_iter().map(|l| ModelCard {
+        id: l.name,
+        object: "model",
+        created: serving.created,
+        owned_by: "wick",
+        root: l.source,
+        parent: Some(state.model_name().to_string()),
+        max_model_len,
+    }));
     Ok(Json(ModelList {
         object: "list",
         data,
@@ -38,8 +48,8 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     OpenAiJson(req): OpenAiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    state.check_model(req.model.as_deref())?;
     let serving = state.serving()?;
+    state.resolve_model(req.model.as_deref(), &serving)?;
     let s = serving.clone();
     let tokens = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
         match (req.prompt, req.messages) {
@@ -70,8 +80,8 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     OpenAiJson(req): OpenAiJson<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
-    state.check_model(req.model.as_deref())?;
     let serving = state.serving()?;
+    state.resolve_model(req.model.as_deref(), &serving)?;
     let vocab = serving.backend.info().vocab_size;
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid_param(

@@ -6,6 +6,7 @@
 
 mod generate;
 mod info;
+mod lora;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -27,16 +28,21 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/models", get(info::models))
         .route("/tokenize", post(info::tokenize))
-        .route("/detokenize", post(info::detokenize))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
+        .route("/detokenize", post(info::detokenize));
+    if state.lora_runtime_updates {
+        api = api
+            .route("/v1/load_lora_adapter", post(lora::load))
+            .route("/v1/unload_lora_adapter", post(lora::unload));
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_api_key,
+    ));
     Router::new()
         .merge(api)
         .route("/health", get(info::health))

@@ -4,6 +4,7 @@
 //! disconnect, and pin each response shape with insta snapshots.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod defaults;
 mod errors;
 mod fake_backend;
 mod health;
@@ -14,6 +15,7 @@ use fake_backend::FakeBackend;
 use serde_json::Value;
 use std::sync::Arc;
 use wick_server::prompt::PromptBuilder;
+use wick_server::protocol::ModelDefaults;
 use wick_server::state::{AppState, Serving};
 pub use wick_test_support::assert_error;
 use wick_test_support::sse_payloads;
@@ -74,6 +76,8 @@ pub struct Options {
     pub max_body_bytes: Option<usize>,
     /// Leave the server loading (no model yet).
     pub loading: bool,
+    /// The model's sampling defaults (its generation_config.json).
+    pub defaults: ModelDefaults,
 }
 
 /// The server under test: its address, state and fake backend.
@@ -86,6 +90,7 @@ pub struct Harness {
     pub backend: Arc<FakeBackend>,
     /// A client that opens a connection per request.
     pub client: reqwest::Client,
+    defaults: ModelDefaults,
 }
 
 impl Harness {
@@ -111,6 +116,7 @@ impl Harness {
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            defaults: options.defaults,
         };
         if !options.loading {
             harness.finish_loading();
@@ -137,7 +143,7 @@ impl Harness {
         self.state.set_serving(Arc::new(Serving {
             backend: self.backend.clone(),
             prompt,
-            defaults: Default::default(),
+            defaults: self.defaults,
             metrics: self.state.metrics.clone(),
             created: 1_700_000_000,
             fingerprint: "fp_test".into(),
