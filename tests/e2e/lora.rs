@@ -13,7 +13,8 @@ use std::path::Path;
 use wick_test_support::tiny::{TinyGolden, TinyModel, MAX_TOKENS};
 use wick_test_support::{comparable_len, Case};
 
-fn lora_flags(m: &TinyModel) -> Vec<String> {
+/// `--lora-modules name=dir ...` for every adapter of `m`.
+pub(crate) fn lora_flags(m: &TinyModel) -> Vec<String> {
     let mut flags = vec!["--lora-modules".to_string()];
     for a in &m.adapters {
         flags.push(format!("{}={}", a.name, m.adapter_dir(&a.name).display()));
@@ -66,12 +67,7 @@ async fn every_case_of_every_model_through_http_with_adapters_picked_by_model() 
             .post("/v1/completions", &json!({"model": "nope", "prompt": "a"}))
             .await;
         assert_eq!(s, 404, "{v}");
-        let models = server
-            .get("/v1/models")
-            .await
-            .json::<Value>()
-            .await
-            .unwrap();
+        let models = server.get_json("/v1/models").await;
         let cards = models["data"].as_array().unwrap();
         assert_eq!(cards.len(), 1 + m.adapters.len(), "{models}");
         assert_eq!(cards[0]["id"], "base");
@@ -156,12 +152,7 @@ async fn runtime_load_and_unload_under_load_and_malformed_adapters() {
     )
     .await;
     assert_eq!(s, 200);
-    let models = server
-        .get("/v1/models")
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
+    let models = server.get_json("/v1/models").await;
     assert!(models["data"]
         .as_array()
         .unwrap()

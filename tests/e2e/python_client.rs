@@ -17,52 +17,46 @@ fn python() -> PathBuf {
     p
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_openai_python_client() {
-    let python = python();
-    let server = Server::start(&[]).await;
-    let script = wick_test_support::repo_root().join("tests/python/openai_client.py");
-    let base = server.url("/v1");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(base)
+/// Runs tests/python/`script` with `args`; it must exit 0 and print `passed`.
+async fn run_script(script: &str, args: &[&std::ffi::OsStr], passed: &str) {
+    let path = wick_test_support::repo_root()
+        .join("tests/python")
+        .join(script);
+    let out = tokio::process::Command::new(python())
+        .arg(path)
+        .args(args)
         .output()
         .await
         .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "openai client failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
+        out.status.success() && stdout.contains(passed),
+        "{script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("openai client checks passed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_client() {
+    let server = Server::start(&[]).await;
+    let base = server.url("/v1");
+    run_script(
+        "openai_client.py",
+        &[base.as_ref()],
+        "openai client checks passed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_openai_python_client_selects_lora_adapters_by_model() {
-    let python = python();
     let golden = wick_test_support::tiny::TinyGolden::load();
     let m = golden.model("qwen3-added-tokens");
-    let mut flags = vec!["--lora-modules".to_string()];
-    for a in &m.adapters {
-        flags.push(format!("{}={}", a.name, m.adapter_dir(&a.name).display()));
-    }
+    let flags = crate::lora::lora_flags(m);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = Server::start_model(&m.dir(), "base", &flags).await;
-    let script = wick_test_support::repo_root().join("tests/python/lora_client.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(server.url("/v1"))
-        .arg(wick_test_support::tiny::tiny_dir().join("golden.json"))
-        .arg(&m.name)
-        .output()
-        .await
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "openai lora client failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("openai lora client checks passed"));
+    let base = server.url("/v1");
+    let golden_json = wick_test_support::tiny::tiny_dir().join("golden.json");
+    let args = [base.as_ref(), golden_json.as_os_str(), m.name.as_ref()];
+    run_script("lora_client.py", &args, "openai lora client checks passed").await;
 }

@@ -105,6 +105,11 @@ impl Server {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    /// GETs `path` as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
     /// POSTs `body` as JSON; the raw response.
     pub async fn send_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client

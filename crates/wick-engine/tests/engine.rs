@@ -13,18 +13,11 @@ use candle_core::DType;
 use common::wait_for;
 use wick_core::{FinishReason, RequestMetrics, SamplingParams, TokenEvent};
 use wick_engine::{EngineConfig, EngineHandle, EngineRequest, RequestStream};
-use wick_models::KvCache;
+
 use wick_test_support::{assert_ids_match_golden, golden_cases, load_smollm2};
 
 fn start(config: impl FnOnce(usize) -> EngineConfig) -> EngineHandle {
-    let loaded = load_smollm2(DType::F32);
-    let block_bytes = KvCache::bytes_per_block(loaded.model.config(), 16, DType::F32);
-    EngineHandle::start(
-        loaded.model,
-        loaded.special.eos_token_ids,
-        config(block_bytes),
-    )
-    .expect("engine starts")
+    common::start_loaded(load_smollm2(DType::F32), config)
 }
 
 /// Everything one request's stream carried.

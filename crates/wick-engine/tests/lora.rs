@@ -13,25 +13,18 @@ use candle_core::DType;
 use common::wait_for;
 use wick_core::{ErrorKind, SamplingParams, TokenEvent};
 use wick_engine::{EngineConfig, EngineHandle, EngineRequest, RequestStream};
-use wick_models::KvCache;
+
 use wick_test_support::assert_matches_golden;
 use wick_test_support::tiny::{TinyGolden, TinyModel, MAX_TOKENS};
 
 const LOGPROB_TOL: f64 = 2e-3;
 
 fn start(m: &TinyModel, max_loras: usize) -> EngineHandle {
-    let loaded = m.load(DType::F32);
-    let block_bytes = KvCache::bytes_per_block(loaded.model.config(), 16, DType::F32);
-    let engine = EngineHandle::start(
-        loaded.model,
-        loaded.special.eos_token_ids,
-        EngineConfig {
-            kv_cache_memory: Some((256 * block_bytes) as u64),
-            max_loras,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    let engine = common::start_loaded(m.load(DType::F32), |block_bytes| EngineConfig {
+        kv_cache_memory: Some((256 * block_bytes) as u64),
+        max_loras,
+        ..EngineConfig::default()
+    });
     for a in &m.adapters {
         let dir = m.adapter_dir(&a.name);
         engine.load_lora(&a.name, dir.to_str().unwrap()).unwrap();

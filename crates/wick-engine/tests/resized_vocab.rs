@@ -5,10 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use candle_core::DType;
 use wick_core::{SamplingParams, TokenEvent};
 use wick_engine::{EngineConfig, EngineHandle, EngineRequest};
-use wick_models::KvCache;
+
 use wick_test_support::tiny::TinyGolden;
 
 fn tokens(engine: &EngineHandle, prompt: Vec<u32>, params: SamplingParams) -> Vec<u32> {
@@ -30,16 +32,10 @@ fn sampling_covers_every_row_of_the_weights() {
     let m = golden.model("qwen3-added-tokens");
     let loaded = m.load(DType::F32);
     assert_eq!(loaded.tokenizer.get_vocab_size(true), 483);
-    let block_bytes = KvCache::bytes_per_block(loaded.model.config(), 16, DType::F32);
-    let engine = EngineHandle::start(
-        loaded.model,
-        loaded.special.eos_token_ids,
-        EngineConfig {
-            kv_cache_memory: Some((64 * block_bytes) as u64),
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    let engine = common::start_loaded(loaded, |block_bytes| EngineConfig {
+        kv_cache_memory: Some((64 * block_bytes) as u64),
+        ..EngineConfig::default()
+    });
     assert_eq!(engine.info().vocab_size, 512);
 
     // A row no token names, made the likeliest: greedy and seeded sampling both pick it.

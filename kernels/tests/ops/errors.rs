@@ -1,22 +1,8 @@
 //! Bad input is a candle error naming the problem, never a panic or an out-of-bounds read.
 
-use crate::support::{device_tests, rand_tensor, rng, seq, Batch, Case};
+use crate::support::{device_tests, expect_err, rand_tensor, rng, seq, Batch, Case};
 use candle_core::{DType, Device, Result, Tensor};
 use wick_kernels::{paged_attention, reshape_and_cache, PagedAttentionMetadata};
-
-/// Asserts `r` is an error whose message contains `needle`.
-fn expect_err<T>(r: Result<T>, needle: &str) {
-    match r {
-        Ok(_) => panic!("expected an error mentioning {needle:?}"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "error {msg:?} does not mention {needle:?}"
-            );
-        }
-    }
-}
 
 fn bad_cache_writes(dev: &Device) -> Result<()> {
     let mut rng = rng(300);

@@ -4,7 +4,7 @@
 //!
 //! The stacks' entries past each slot's rank are NaN, so a kernel that reads them fails.
 
-use crate::support::{assert_close, device_tests, rng, tolerance};
+use crate::support::{assert_close, device_tests, expect_err, rng, tolerance};
 use candle_core::{DType, Device, Result, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -285,20 +285,6 @@ fn no_adapter_returns_y_bit_for_bit(dev: &Device) -> Result<()> {
     assert_eq!(lora_apply(&y, &x, &a, &b, &batch)?.dims(), [0, 8]);
     assert!(!LoraBatch::new(&[-1, 0], &[4, 0], dev)?.is_empty());
     Ok(())
-}
-
-/// Asserts `r` is an error whose message contains `needle`.
-fn expect_err<T>(r: Result<T>, needle: &str) {
-    match r {
-        Ok(_) => panic!("expected an error mentioning {needle:?}"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "error {msg:?} does not mention {needle:?}"
-            );
-        }
-    }
 }
 
 /// Uniform `[-1, 1)` values of `dims`.

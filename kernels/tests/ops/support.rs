@@ -334,3 +334,17 @@ pub fn assert_close(got: &Tensor, want: &Tensor, (atol, rtol): (f32, f32), what:
         w.get(i).copied().unwrap_or(f32::NAN)
     );
 }
+
+/// Asserts `r` is an error whose message contains `needle`.
+pub fn expect_err<T>(r: Result<T>, needle: &str) {
+    match r {
+        Ok(_) => panic!("expected an error mentioning {needle:?}"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(needle),
+                "error {msg:?} does not mention {needle:?}"
+            );
+        }
+    }
+}

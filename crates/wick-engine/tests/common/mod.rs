@@ -1,7 +1,25 @@
-//! Shared by the engine's integration tests.
+//! Shared by the engine's integration tests (each uses a part).
+#![allow(dead_code)]
 
+use candle_core::DType;
 use std::time::{Duration, Instant};
-use wick_engine::{EngineHandle, EngineStats};
+use wick_engine::{EngineConfig, EngineHandle, EngineStats};
+use wick_models::{KvCache, LoadedModel};
+
+/// Starts an engine over `loaded` (f32) with the config `config` makes from the bytes of
+/// one 16-token KV block.
+pub fn start_loaded(
+    loaded: LoadedModel,
+    config: impl FnOnce(usize) -> EngineConfig,
+) -> EngineHandle {
+    let block_bytes = KvCache::bytes_per_block(loaded.model.config(), 16, DType::F32);
+    EngineHandle::start(
+        loaded.model,
+        loaded.special.eos_token_ids,
+        config(block_bytes),
+    )
+    .expect("engine starts")
+}
 
 /// Polls the engine's counters (published after each step) until `done` holds; fails
 /// after two minutes.
