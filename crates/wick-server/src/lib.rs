@@ -21,6 +21,7 @@ compile_error!(
 
 pub mod backend;
 pub mod chat_template;
+pub mod compat;
 pub mod detokenizer;
 pub mod error;
 pub mod generation;
@@ -33,6 +34,7 @@ pub mod routes;
 pub mod serve;
 pub mod stack;
 pub mod state;
+pub mod tool_parser;
 
 pub use error::ApiError;
 pub use serve::{run, LogFormat, ServeArgs, ServeError};

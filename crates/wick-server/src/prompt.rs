@@ -12,6 +12,7 @@ use wick_models::SpecialTokens;
 pub struct PromptBuilder {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
+    template_source: Option<String>,
     special: SpecialTokens,
 }
 
@@ -27,6 +28,7 @@ impl PromptBuilder {
         Ok(Self {
             tokenizer,
             template,
+            template_source: chat_template.map(str::to_string),
             special,
         })
     }
@@ -39,6 +41,11 @@ impl PromptBuilder {
     /// The special tokens.
     pub fn special(&self) -> &SpecialTokens {
         &self.special
+    }
+
+    /// The chat template's source, when there is one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.template_source.as_deref()
     }
 
     /// Whether chat requests can be served.

@@ -1,6 +1,8 @@
-//! OpenAI request bodies as we accept them. Unknown fields are accepted and ignored;
-//! values are checked by [`SamplingFields::to_params`] and the handlers, so a bad value is
-//! a 400 naming the parameter (never serde's 422).
+//! OpenAI request bodies as we accept them. Fields a struct does not know are collected
+//! in its `other` map and judged by [`crate::compat::check_other`] (refused when they
+//! would change the output, else accepted); values are checked by
+//! [`SamplingFields::to_params`] and the handlers, so a bad value is a 400 naming the
+//! parameter (never serde's 422).
 
 use crate::error::ApiError;
 use serde::Deserialize;
@@ -241,9 +243,18 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     /// Extra variables for the chat template.
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Everything else.
+    /// Tool definitions (judged by [`crate::compat::tool_use`]).
+    pub tools: Option<serde_json::Value>,
+    /// `none`, `auto`, `required` or a named function.
+    pub tool_choice: Option<serde_json::Value>,
+    /// `false`: at most one tool call.
+    pub parallel_tool_calls: Option<serde_json::Value>,
+    /// Sampling fields.
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    /// Everything else (judged by [`crate::compat::check_other`]).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `prompt` of /v1/completions: text or token ids, one or several.
@@ -270,9 +281,12 @@ pub struct CompletionRequest {
     /// Number of alternatives per token to return (0..=20); present means "return
     /// logprobs".
     pub logprobs: Option<i64>,
-    /// Everything else.
+    /// Sampling fields.
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    /// Everything else (judged by [`crate::compat::check_other`]).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// POST /tokenize: text, or chat messages.
@@ -298,7 +312,9 @@ pub struct DetokenizeRequest {
 }
 
 /// Turns OpenAI chat messages into what a chat template expects: every `content` a
-/// string (text parts joined), other fields kept.
+/// string (text parts joined; other part types are refused), other fields kept
+/// (`tool_calls`, `tool_call_id`, `name`); a tool call's `arguments` string is parsed to
+/// the object templates expect (vLLM does the same).
 pub fn flatten_messages(
     messages: &[serde_json::Value],
 ) -> Result<Vec<serde_json::Value>, ApiError> {
@@ -327,10 +343,13 @@ pub fn flatten_messages(
                     for part in parts {
                         match (part.get("type").and_then(|t| t.as_str()), part.get("text")) {
                             (Some("text"), Some(serde_json::Value::String(t))) => text.push_str(t),
-                            _ => {
+                            (kind, _) => {
                                 return Err(ApiError::invalid_param(
                                     "messages",
-                                    format!("message {i}: only text content parts are supported"),
+                                    format!(
+                                        "message {i}: content parts of type {} are not supported; only text is",
+                                        kind.unwrap_or("(missing)")
+                                    ),
                                 ))
                             }
                         }
@@ -345,6 +364,20 @@ pub fn flatten_messages(
                 }
             };
             out.insert("content".into(), content.into());
+            if let Some(serde_json::Value::Array(calls)) = out.get_mut("tool_calls") {
+                for call in calls.iter_mut() {
+                    let Some(f) = call.get_mut("function") else {
+                        continue;
+                    };
+                    let parsed = f
+                        .get("arguments")
+                        .and_then(|a| a.as_str())
+                        .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok());
+                    if let (Some(args), Some(f)) = (parsed.filter(|a| a.is_object()), f.as_object_mut()) {
+                        f.insert("arguments".into(), args);
+                    }
+                }
+            }
             Ok(serde_json::Value::Object(out))
         })
         .collect()

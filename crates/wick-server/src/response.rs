@@ -8,9 +8,11 @@ use crate::error::ApiError;
 use crate::generation::{ChoiceDelta, PromptRun, TokenOut};
 use crate::response_types::{
     AssistantMessage, ChatChoice, ChatDeltaChoice, ChatLogprobs, ChatTokenLogprob, Choice,
-    CompletionLogprobs, Delta, GenerationBody, Logprobs, TextChoice, TopLogprob, Usage,
+    CompletionLogprobs, Delta, FunctionCallBody, FunctionCallChunk, GenerationBody, Logprobs,
+    TextChoice, ToolCallBody, ToolCallChunk, TopLogprob, Usage,
 };
 use crate::state::{InFlight, Serving};
+use crate::tool_parser::{ToolCallDelta, ToolParser, ToolParserKind};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
@@ -48,6 +50,33 @@ pub struct Responder {
     pub echo: Vec<String>,
     /// Number of choices.
     pub num_choices: usize,
+    /// Chat: parse tool calls out of the output (the format and the most calls).
+    pub tool_parser: Option<(ToolParserKind, Option<usize>)>,
+}
+
+/// `tool_calls` instead of `stop` when the choice made tool calls.
+fn finish_with_calls(finish: FinishReason, calls: usize) -> &'static str {
+    if calls > 0 && finish == FinishReason::Stop {
+        "tool_calls"
+    } else {
+        finish.as_str()
+    }
+}
+
+/// Streamed tool-call pieces in OpenAI's shape.
+fn call_chunks(deltas: Vec<ToolCallDelta>) -> Vec<ToolCallChunk> {
+    deltas
+        .into_iter()
+        .map(|d| ToolCallChunk {
+            index: d.index,
+            r#type: d.id.is_some().then_some("function"),
+            id: d.id,
+            function: FunctionCallChunk {
+                name: d.name,
+                arguments: d.arguments,
+            },
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -158,15 +187,16 @@ impl Responder {
         index: usize,
         text: &str,
         logprobs: Option<Logprobs>,
-        finish: Option<FinishReason>,
+        finish_reason: Option<&'static str>,
+        tool_calls: Vec<ToolCallChunk>,
     ) -> Choice {
-        let finish_reason = finish.map(|f| f.as_str());
         match self.endpoint {
             Endpoint::Chat => Choice::ChatDelta(ChatDeltaChoice {
                 index,
                 delta: Delta {
                     role: None,
                     content: (!text.is_empty()).then(|| text.to_string()),
+                    tool_calls,
                 },
                 logprobs,
                 finish_reason,
@@ -204,17 +234,40 @@ impl Responder {
                 let echo = self.echo.get(index).map(String::as_str).unwrap_or("");
                 let mut offset = echo.len();
                 let logprobs = self.logprobs(&c.tokens, &mut offset);
-                let finish_reason = c.finish.unwrap_or(FinishReason::Stop).as_str();
+                let finish = c.finish.unwrap_or(FinishReason::Stop);
+                let finish_reason = finish.as_str();
                 match self.endpoint {
-                    Endpoint::Chat => Choice::Chat(ChatChoice {
-                        index,
-                        message: AssistantMessage {
-                            role: "assistant",
-                            content: c.text,
-                        },
-                        logprobs,
-                        finish_reason,
-                    }),
+                    Endpoint::Chat => {
+                        let (content, calls) = match self.tool_parser {
+                            Some((kind, max)) => ToolParser::parse_all(kind, max, &c.text),
+                            None => (Some(c.text), vec![]),
+                        };
+                        let tool_calls: Vec<ToolCallBody> = calls
+                            .into_iter()
+                            .map(|t| ToolCallBody {
+                                id: t.id,
+                                r#type: "function",
+                                function: FunctionCallBody {
+                                    name: t.name,
+                                    arguments: t.arguments,
+                                },
+                            })
+                            .collect();
+                        Choice::Chat(ChatChoice {
+                            index,
+                            message: AssistantMessage {
+                                role: "assistant",
+                                content: if tool_calls.is_empty() {
+                                    Some(content.unwrap_or_default())
+                                } else {
+                                    content
+                                },
+                                tool_calls: tool_calls.clone(),
+                            },
+                            logprobs,
+                            finish_reason: finish_with_calls(finish, tool_calls.len()),
+                        })
+                    }
                     Endpoint::Completion => Choice::Text(TextChoice {
                         index,
                         text: format!("{echo}{}", c.text),
@@ -262,6 +315,12 @@ impl Responder {
         let head = stream::iter(r.opening_chunks());
         let r = responder.clone();
         let mut offsets = vec![0usize; responder.num_choices];
+        let mut parsers: Vec<Option<ToolParser>> = (0..responder.num_choices)
+            .map(|_| {
+                let (kind, max) = responder.tool_parser?;
+                (responder.endpoint == Endpoint::Chat).then(|| ToolParser::new(kind, max))
+            })
+            .collect();
         for (i, e) in responder.echo.iter().enumerate() {
             if let Some(o) = offsets.get_mut(i) {
                 *o = e.len();
@@ -269,7 +328,7 @@ impl Responder {
         }
         let body = merged.flat_map(move |item: Result<ChoiceDelta, ApiError>| {
             let pieces = match item {
-                Ok(d) => r.delta_chunks(&d, &mut offsets),
+                Ok(d) => r.delta_chunks(&d, &mut offsets, &mut parsers),
                 Err(e) => vec![Piece::Error(to_json(&e.body()))],
             };
             stream::iter(pieces)
@@ -319,6 +378,7 @@ impl Responder {
                         delta: Delta {
                             role: Some("assistant"),
                             content: Some(String::new()),
+                            tool_calls: vec![],
                         },
                         logprobs: None,
                         finish_reason: None,
@@ -327,27 +387,47 @@ impl Responder {
                 )),
                 Endpoint::Completion => {
                     let echo = self.echo.get(index).filter(|e| !e.is_empty())?;
-                    Some(self.chunk(vec![self.delta_choice(index, echo, None, None)], None))
+                    let choice = self.delta_choice(index, echo, None, None, vec![]);
+                    Some(self.chunk(vec![choice], None))
                 }
             })
             .collect()
     }
 
-    /// A text delta (when there is text or logprobs) and, on the choice's end, a chunk
-    /// with its finish reason.
-    fn delta_chunks(&self, d: &ChoiceDelta, offsets: &mut [usize]) -> Vec<Piece> {
+    /// A delta (when there is text, a tool-call piece or logprobs) and, on the choice's
+    /// end, a chunk with its finish reason. With a tool parser, the text goes through it
+    /// first.
+    fn delta_chunks(
+        &self,
+        d: &ChoiceDelta,
+        offsets: &mut [usize],
+        parsers: &mut [Option<ToolParser>],
+    ) -> Vec<Piece> {
         let mut out = vec![];
         let mut dummy = 0;
         let offset = offsets.get_mut(d.index).unwrap_or(&mut dummy);
         let logprobs = self.logprobs(&d.tokens, offset);
-        if !d.text.is_empty() || logprobs.is_some() {
-            out.push(self.chunk(
-                vec![self.delta_choice(d.index, &d.text, logprobs, None)],
-                None,
-            ));
+        let parser = parsers.get_mut(d.index).and_then(Option::as_mut);
+        let (text, calls, num_calls) = match parser {
+            Some(p) => {
+                let mut parsed = p.push(&d.text);
+                if d.finish_reason.is_some() {
+                    let rest = p.finish();
+                    parsed.content.push_str(&rest.content);
+                    parsed.tool_calls.extend(rest.tool_calls);
+                }
+                (parsed.content, call_chunks(parsed.tool_calls), p.calls())
+            }
+            None => (d.text.clone(), vec![], 0),
+        };
+        if !text.is_empty() || !calls.is_empty() || logprobs.is_some() {
+            let choice = self.delta_choice(d.index, &text, logprobs, None, calls);
+            out.push(self.chunk(vec![choice], None));
         }
         if let Some(f) = d.finish_reason {
-            out.push(self.chunk(vec![self.delta_choice(d.index, "", None, Some(f))], None));
+            let reason = Some(finish_with_calls(f, num_calls));
+            let choice = self.delta_choice(d.index, "", None, reason, vec![]);
+            out.push(self.chunk(vec![choice], None));
         }
         out
     }

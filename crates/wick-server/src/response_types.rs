@@ -82,8 +82,57 @@ pub struct ChatChoice {
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: &'static str,
-    /// The generated text.
-    pub content: String,
+    /// The generated text (`null` when the answer is only tool calls).
+    pub content: Option<String>,
+    /// Tool calls parsed from the output (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallBody>,
+}
+
+/// A whole tool call of a chat answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallBody {
+    /// `call_<random>`.
+    pub id: String,
+    /// Always `function`.
+    pub r#type: &'static str,
+    /// The call.
+    pub function: FunctionCallBody,
+}
+
+/// The function of a tool call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCallBody {
+    /// Function name.
+    pub name: String,
+    /// Arguments, a JSON string.
+    pub arguments: String,
+}
+
+/// A streamed piece of a tool call: `id`, `type` and `function.name` on its first chunk,
+/// then `function.arguments` fragments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallChunk {
+    /// The call's index in the choice.
+    pub index: usize,
+    /// `call_<random>`, on the first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`, on the first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<&'static str>,
+    /// Name and/or argument fragment.
+    pub function: FunctionCallChunk,
+}
+
+/// The function part of a [`ToolCallChunk`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCallChunk {
+    /// Function name, on the first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A fragment of the arguments.
+    pub arguments: String,
 }
 
 /// A choice of a streamed chat chunk.
@@ -108,6 +157,9 @@ pub struct Delta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// New tool-call pieces.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallChunk>,
 }
 
 /// A completion choice, whole or streamed.

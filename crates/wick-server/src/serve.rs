@@ -111,6 +111,11 @@ pub struct ServeArgs {
     /// Adapters loaded at run time must be directories inside this one.
     #[arg(long)]
     pub lora_root: Option<PathBuf>,
+    /// How tool calls are read from chat output (tool_choice auto): hermes
+    /// (`<tool_call>{...}</tool_call>`), llama3_json, none; auto: hermes when the chat
+    /// template mentions `<tool_call>`, else none.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tool_call_parser: crate::tool_parser::ToolCallParserArg,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -231,6 +236,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     let backend: Arc<dyn Backend> = Arc::new(stack.engine);
+    let tool_parser = (args.tool_call_parser).resolve(stack.prompt.chat_template_source());
     state.set_serving(Arc::new(Serving {
         backend: backend.clone(),
         prompt: stack.prompt,
@@ -241,6 +247,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         fingerprint: stack.fingerprint,
+        tool_parser,
     }));
     tracing::info!(address = %local, model = %state.model_name(), "serving");
 

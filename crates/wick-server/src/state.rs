@@ -32,6 +32,8 @@ pub struct Serving {
     pub created: u64,
     /// `system_fingerprint` of responses: wick's version and the model's dtype/device.
     pub fingerprint: String,
+    /// How tool calls are parsed from output (`--tool-call-parser`); `None`: never.
+    pub tool_parser: Option<crate::tool_parser::ToolParserKind>,
 }
 
 /// The model a request runs on.

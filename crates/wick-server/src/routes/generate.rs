@@ -9,6 +9,7 @@ use crate::protocol::{
 };
 use crate::response::{Endpoint, Responder};
 use crate::state::{AppState, InFlight, ModelChoice, Serving};
+use crate::tool_parser::ToolParserKind;
 use axum::extract::State;
 use axum::response::Response;
 use std::hash::{BuildHasher, Hasher};
@@ -65,6 +66,8 @@ struct Prepared {
     top_logprobs: i64,
     /// The model (or LoRA adapter) it runs on.
     model: ModelChoice,
+    /// Parse tool calls out of chat output: the format and the most calls.
+    tool_parser: Option<(ToolParserKind, Option<usize>)>,
 }
 
 /// Submits every prompt (any refusal drops, and so aborts, those already submitted) and
@@ -114,6 +117,7 @@ async fn respond(
         top_logprobs: p.top_logprobs.max(0) as usize,
         echo,
         num_choices,
+        tool_parser: p.tool_parser,
     };
     if fields.stream() {
         Ok(responder.stream(runs, fields.include_usage(), in_flight))
@@ -138,8 +142,24 @@ pub async fn chat_completions(
             "needs `logprobs: true`",
         ));
     }
+    crate::compat::check_other(&req.other)?;
+    let tool_use = crate::compat::tool_use(&req)?;
+    let tool_parser = match (tool_use.parse, serving.tool_parser) {
+        (true, Some(kind)) => Some((kind, tool_use.max_calls)),
+        // Explicitly asked for, but this server cannot parse calls: refused, not ignored.
+        (true, None) if req.tool_choice.is_some() => {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "\"auto\" needs a tool-call parser: start wick with --tool-call-parser",
+            ))
+        }
+        _ => None,
+    };
     let messages = flatten_messages(&req.messages)?;
-    let extra = req.chat_template_kwargs.clone().unwrap_or_default();
+    let mut extra = req.chat_template_kwargs.clone().unwrap_or_default();
+    if !tool_use.tools.is_empty() && !extra.contains_key("tools") {
+        extra.insert("tools".into(), tool_use.tools.into());
+    }
     let s = serving.clone();
     let prompt = blocking(move || s.prompt.encode_chat(&messages, extra)).await?;
     let prepared = Prepared {
@@ -150,6 +170,7 @@ pub async fn chat_completions(
         logprobs,
         top_logprobs,
         model,
+        tool_parser,
     };
     respond(serving, in_flight, &req.sampling, prepared).await
 }
@@ -161,6 +182,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let serving = state.serving()?;
     let model = state.resolve_model(req.sampling.model.as_deref(), &serving)?;
+    crate::compat::check_other(&req.other)?;
     let in_flight = state.track();
     let echo = req.echo.unwrap_or(false);
     let top_logprobs = req.logprobs.unwrap_or(0);
@@ -209,6 +231,7 @@ pub async fn completions(
         logprobs,
         top_logprobs,
         model,
+        tool_parser: None,
     };
     respond(serving, in_flight, &req.sampling, prepared).await
 }

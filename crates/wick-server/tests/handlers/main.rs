@@ -10,6 +10,8 @@ mod fake_backend;
 mod health;
 mod snapshots;
 mod streaming;
+mod tools;
+mod unsupported;
 
 use fake_backend::FakeBackend;
 use serde_json::Value;
@@ -17,12 +19,13 @@ use std::sync::Arc;
 use wick_server::prompt::PromptBuilder;
 use wick_server::protocol::ModelDefaults;
 use wick_server::state::{AppState, Serving};
+use wick_server::tool_parser::{ToolCallParserArg, ToolParserKind};
 pub use wick_test_support::assert_error;
 use wick_test_support::sse_payloads;
 
 /// The fake model's words, by id. Whitespace separates tokens; decoding joins them with
 /// spaces.
-pub const VOCAB: [&str; 14] = [
+pub const VOCAB: [&str; 23] = [
     "<unk>",
     "<s>",
     "</s>",
@@ -37,6 +40,17 @@ pub const VOCAB: [&str; 14] = [
     "story",
     "STOP",
     "system:",
+    // Tool calls (tools.rs): `<tool_call> {"name": "get_weather", "arguments": {"city":
+    // "Paris"}} </tool_call>`, word by word.
+    "<tool_call>",
+    "</tool_call>",
+    "{\"name\":",
+    "\"get_weather\",",
+    "\"arguments\":",
+    "{\"city\":",
+    "\"Paris\"}}",
+    "Paris",
+    "tool:",
 ];
 /// End of sequence.
 pub const EOS: u32 = 2;
@@ -78,6 +92,10 @@ pub struct Options {
     pub loading: bool,
     /// The model's sampling defaults (its generation_config.json).
     pub defaults: ModelDefaults,
+    /// A chat template instead of [`TEMPLATE`].
+    pub template: Option<&'static str>,
+    /// The tool-call parser (default: hermes).
+    pub tool_parser: Option<ToolCallParserArg>,
 }
 
 /// The server under test: its address, state and fake backend.
@@ -91,6 +109,8 @@ pub struct Harness {
     /// A client that opens a connection per request.
     pub client: reqwest::Client,
     defaults: ModelDefaults,
+    template: &'static str,
+    tool_parser: Option<ToolParserKind>,
 }
 
 impl Harness {
@@ -117,6 +137,11 @@ impl Harness {
                 .build()
                 .unwrap(),
             defaults: options.defaults,
+            template: options.template.unwrap_or(TEMPLATE),
+            tool_parser: options
+                .tool_parser
+                .unwrap_or(ToolCallParserArg::Hermes)
+                .resolve(options.template),
         };
         if !options.loading {
             harness.finish_loading();
@@ -139,7 +164,7 @@ impl Harness {
             eos_token_ids: vec![EOS],
             add_bos: false,
         };
-        let prompt = PromptBuilder::new(tokenizer(), Some(TEMPLATE), special).unwrap();
+        let prompt = PromptBuilder::new(tokenizer(), Some(self.template), special).unwrap();
         self.state.set_serving(Arc::new(Serving {
             backend: self.backend.clone(),
             prompt,
@@ -147,6 +172,7 @@ impl Harness {
             metrics: self.state.metrics.clone(),
             created: 1_700_000_000,
             fingerprint: "fp_test".into(),
+            tool_parser: self.tool_parser,
         }));
     }
 

@@ -1,0 +1,212 @@
+//! API compatibility: each field that would change the output and that wick does not
+//! apply is a 400 naming it (and never reaches the backend); fields that do not change
+//! the output, and unknown ones, are accepted.
+
+use crate::{assert_error, Harness};
+use serde_json::{json, Value};
+
+fn with(base: Value, extra: Value) -> Value {
+    let mut body = base;
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+fn chat(extra: Value) -> Value {
+    with(
+        json!({"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+        extra,
+    )
+}
+
+fn completion(extra: Value) -> Value {
+    with(
+        json!({"model": "fake", "prompt": "hi", "max_tokens": 4}),
+        extra,
+    )
+}
+
+fn weather_tool() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+/// Posts `body` to `path` and checks it is a 400 with `param`.
+async fn refused(h: &Harness, path: &str, body: Value, param: &str) {
+    let (status, v) = h.post(path, &body).await;
+    let e = assert_error(status, &v, 400);
+    assert_eq!(e["param"], param, "{body} -> {v}");
+    assert!(
+        h.backend.submitted().is_empty(),
+        "{body} reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn audio_is_refused() {
+    let h = Harness::start().await;
+    let body = chat(json!({"audio": {"voice": "alloy", "format": "wav"}}));
+    refused(&h, "/v1/chat/completions", body, "audio").await;
+}
+
+#[tokio::test]
+async fn modalities_other_than_text_are_refused() {
+    let h = Harness::start().await;
+    let body = chat(json!({"modalities": ["text", "audio"]}));
+    refused(&h, "/v1/chat/completions", body, "modalities").await;
+}
+
+#[tokio::test]
+async fn prediction_is_refused() {
+    let h = Harness::start().await;
+    let body = chat(json!({"prediction": {"type": "content", "content": "x"}}));
+    refused(&h, "/v1/chat/completions", body, "prediction").await;
+}
+
+#[tokio::test]
+async fn best_of_above_one_is_refused() {
+    let h = Harness::start().await;
+    refused(
+        &h,
+        "/v1/completions",
+        completion(json!({"best_of": 2})),
+        "best_of",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suffix_is_refused() {
+    let h = Harness::start().await;
+    refused(
+        &h,
+        "/v1/completions",
+        completion(json!({"suffix": "!"})),
+        "suffix",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn non_text_content_parts_are_refused() {
+    let h = Harness::start().await;
+    for part in [
+        json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}),
+        json!({"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}),
+        json!({"type": "file", "file": {"file_id": "f"}}),
+    ] {
+        let body = chat(json!({"messages": [{"role": "user", "content": [part]}]}));
+        refused(&h, "/v1/chat/completions", body, "messages").await;
+    }
+}
+
+#[tokio::test]
+async fn json_response_formats_are_refused_until_structured_output() {
+    let h = Harness::start().await;
+    for format in [
+        json!({"type": "json_object"}),
+        json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+    ] {
+        let body = chat(json!({"response_format": format}));
+        refused(&h, "/v1/chat/completions", body, "response_format").await;
+        let body = completion(json!({"response_format": format}));
+        refused(&h, "/v1/completions", body, "response_format").await;
+    }
+}
+
+#[tokio::test]
+async fn vllm_guided_fields_are_refused() {
+    let h = Harness::start().await;
+    for (field, value) in [
+        ("guided_json", json!({"type": "object"})),
+        ("guided_regex", json!("[a-z]+")),
+        ("guided_choice", json!(["a", "b"])),
+        ("guided_grammar", json!("start: \"a\"")),
+        ("structured_outputs", json!({"choice": ["a", "b"]})),
+    ] {
+        refused(
+            &h,
+            "/v1/chat/completions",
+            chat(json!({field: value})),
+            field,
+        )
+        .await;
+        refused(
+            &h,
+            "/v1/completions",
+            completion(json!({field: value})),
+            field,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn tool_choice_required_is_refused() {
+    let h = Harness::start().await;
+    let body = chat(json!({"tools": weather_tool(), "tool_choice": "required"}));
+    refused(&h, "/v1/chat/completions", body, "tool_choice").await;
+}
+
+#[tokio::test]
+async fn a_named_tool_choice_is_refused() {
+    let h = Harness::start().await;
+    let choice = json!({"type": "function", "function": {"name": "get_weather"}});
+    let body = chat(json!({"tools": weather_tool(), "tool_choice": choice}));
+    refused(&h, "/v1/chat/completions", body, "tool_choice").await;
+}
+
+#[tokio::test]
+async fn tool_choice_auto_without_tools_or_parser_is_refused() {
+    let h = Harness::start().await;
+    refused(
+        &h,
+        "/v1/chat/completions",
+        chat(json!({"tool_choice": "auto"})),
+        "tool_choice",
+    )
+    .await;
+    let h = Harness::with(crate::Options {
+        tool_parser: Some(wick_server::tool_parser::ToolCallParserArg::None),
+        ..Default::default()
+    })
+    .await;
+    let body = chat(json!({"tools": weather_tool(), "tool_choice": "auto"}));
+    refused(&h, "/v1/chat/completions", body, "tool_choice").await;
+}
+
+#[tokio::test]
+async fn malformed_tools_are_refused() {
+    let h = Harness::start().await;
+    let body = chat(json!({"tools": [{"type": "custom", "custom": {"name": "x"}}]}));
+    refused(&h, "/v1/chat/completions", body, "tools").await;
+}
+
+#[tokio::test]
+async fn legacy_functions_are_refused() {
+    let h = Harness::start().await;
+    let body = chat(json!({"functions": [{"name": "f", "parameters": {}}]}));
+    refused(&h, "/v1/chat/completions", body, "functions").await;
+    let body = chat(json!({"function_call": "auto"}));
+    refused(&h, "/v1/chat/completions", body, "function_call").await;
+}
+
+#[tokio::test]
+async fn fields_that_do_not_change_the_output_are_accepted() {
+    let h = Harness::start().await;
+    let extra = json!({
+        "user": "u1", "metadata": {"k": "v"}, "store": false, "service_tier": "auto",
+        "safety_identifier": "s", "prompt_cache_key": "p", "modalities": ["text"],
+        "response_format": {"type": "text"}, "audio": null, "some_future_field": 1,
+        "parallel_tool_calls": true, "tool_choice": "none", "logit_bias": {"3": 1},
+    });
+    let (status, v) = h.post("/v1/chat/completions", &chat(extra)).await;
+    assert_eq!(status, 200, "{v}");
+    let extra = json!({"best_of": 1, "user": "u1", "metadata": {"k": "v"}});
+    let (status, v) = h.post("/v1/completions", &completion(extra)).await;
+    assert_eq!(status, 200, "{v}");
+    // logit_bias is applied: it reaches the engine.
+    let submitted = h.backend.submitted();
+    assert_eq!(submitted[0].params.logit_bias.get(&3), Some(&1.0));
+}
