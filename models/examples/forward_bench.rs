@@ -1,7 +1,7 @@
 //! Measures the model alone (no engine, no HTTP): load time, prefill throughput on a
 //! prompt of `--prompt-len` tokens, and single-stream greedy decode throughput.
 //!
-//! `cargo run --release -p wick-models --example forward_bench -- MODEL [PROMPT_LEN] [DECODE] [DTYPE]`
+//! `cargo run --release -p wick-models --example forward_bench -- MODEL [PROMPT_LEN] [DECODE] [DTYPE] [QUANTIZATION]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -11,11 +11,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let model_spec = args
         .get(1)
-        .ok_or("usage: forward_bench MODEL [PROMPT_LEN] [DECODE] [DTYPE]")?;
+        .ok_or("usage: forward_bench MODEL [PROMPT_LEN] [DECODE] [DTYPE] [QUANTIZATION]")?;
     let prompt_len: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
     let decode: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(128);
     let dtype =
         wick_models::device::parse_dtype(args.get(4).map(String::as_str).unwrap_or("auto"))?;
+    let quantization: wick_models::Quantization = args
+        .get(5)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or_default();
     let device = wick_models::device::select_device(None)?;
 
     let t = Instant::now();
@@ -24,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &LoadOptions {
             dtype,
             device: device.clone(),
+            quantization,
         },
     )?;
     let load_s = t.elapsed().as_secs_f64();

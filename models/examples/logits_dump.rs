@@ -50,6 +50,7 @@ fn main() -> AnyResult<()> {
         &LoadOptions {
             dtype,
             device: device.clone(),
+            quantization: wick_models::Quantization::None,
         },
     )?;
     let model = &loaded.model;

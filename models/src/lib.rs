@@ -7,7 +7,8 @@
 //!   specials);
 //! - [`config`]: one [`ModelConfig`] from config.json or GGUF metadata, its rope scaling
 //!   from [`rope_scaling`]; [`generation_config`]: a checkpoint's sampling defaults;
-//! - [`weights`]: named tensors with shape checks, GGUF dequantization;
+//! - [`weights`]: named tensors with shape checks, GGUF dequantization (or not:
+//!   [`quantization`] says which, and counts the bytes);
 //! - [`model`]: [`Model`], the enum over architecture families the engine uses;
 //! - [`llama`]: the Llama family (Llama, Mistral, Qwen2, Qwen3) as switches on the config;
 //! - [`layers`]: what families are built from (wick's own `Linear`, attention over the
@@ -27,6 +28,7 @@ pub mod llama;
 pub mod loader;
 pub mod lora;
 pub mod model;
+pub mod quantization;
 pub mod rope_scaling;
 pub mod source;
 pub mod tokenizer;
@@ -39,3 +41,4 @@ pub use kv_cache::{KvCache, DEFAULT_BLOCK_SIZE};
 pub use loader::{load, LoadOptions, LoadedModel, SpecialTokens};
 pub use lora::{LoraAdapter, LoraModule};
 pub use model::Model;
+pub use quantization::{Quantization, WeightBytes};

@@ -11,8 +11,9 @@
 use crate::config::ModelConfig;
 use crate::input::ModelInput;
 use crate::kv_cache::KvCache;
-use crate::layers::{Attention, Linear, Mlp, RmsNorm, RotaryEmbedding, WeightLoader};
+use crate::layers::{Attention, Embedding, Linear, Mlp, RmsNorm, RotaryEmbedding, WeightLoader};
 use crate::lora::LoraAdapter;
+use crate::quantization::WeightBytes;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
@@ -61,7 +62,7 @@ impl DecoderLayer {
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
     cfg: ModelConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -70,6 +71,8 @@ pub struct LlamaModel {
     device: Device,
     /// Rank of the adapter in each LoRA slot (0: empty); empty when LoRA is not enabled.
     lora_ranks: Vec<usize>,
+    /// Bytes of the weights by storage type.
+    weight_bytes: WeightBytes,
 }
 
 impl LlamaModel {
@@ -82,13 +85,13 @@ impl LlamaModel {
     ) -> Result<Self> {
         let ld = WeightLoader::new(weights, dtype, device);
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
-        let embed_tokens = ld.tensor("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_tokens = Embedding::load(&ld, "model.embed_tokens.weight", cfg.vocab_size, h)?;
         let layers = (0..cfg.num_layers)
             .map(|i| DecoderLayer::load(&ld, &format!("model.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&ld, "model.norm.weight", h, eps)?;
         let lm_head = if cfg.tie_word_embeddings && !ld.contains("lm_head.weight") {
-            Linear::new(embed_tokens.clone(), None)
+            Linear::from_weight(embed_tokens.weight().clone(), None, dtype)?
         } else {
             Linear::load(&ld, "lm_head", cfg.vocab_size, h, false)?
         };
@@ -102,7 +105,13 @@ impl LlamaModel {
             dtype,
             device: device.clone(),
             lora_ranks: Vec::new(),
+            weight_bytes: ld.bytes(),
         })
+    }
+
+    /// Bytes of the weights as loaded, by storage type.
+    pub fn weight_bytes(&self) -> &WeightBytes {
+        &self.weight_bytes
     }
 
     /// Gives every adaptable projection `num_slots` empty adapter slots.
@@ -196,7 +205,7 @@ impl LlamaModel {
             )?)
         };
         let lora = lora.as_ref();
-        let mut x = self.embed_tokens.index_select(&input.input_ids, 0)?;
+        let mut x = self.embed_tokens.forward(&input.input_ids)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(cache.layers.iter()) {
             let h = layer.input_layernorm.forward(&x)?;
             let attn = layer

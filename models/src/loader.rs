@@ -6,6 +6,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::generation_config::GenerationConfig;
 use crate::gguf_metadata as meta;
 use crate::model::Model;
+use crate::quantization::Quantization;
 use crate::source::{resolve_hf_files, HfFiles, ModelSource};
 use crate::tokenizer::gguf as gguf_tok;
 use crate::weights::Weights;
@@ -25,6 +26,8 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Where the weights go.
     pub device: Device,
+    /// Whether GGUF weights stay quantized (`--quantization`).
+    pub quantization: Quantization,
 }
 
 /// Ids and strings of the special tokens the server needs.
@@ -74,7 +77,13 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let dtype = opts.dtype.unwrap_or_else(|| default_dtype(&opts.device));
     let source = ModelSource::parse(spec)?;
     let mut loaded = match &source {
-        ModelSource::Gguf(path) => load_gguf(path, dtype, &opts.device)?,
+        ModelSource::Gguf(path) => load_gguf(path, dtype, &opts.device, opts.quantization)?,
+        _ if opts.quantization == Quantization::Gguf => {
+            return Err(ModelError::invalid(
+                "quantization",
+                format!("gguf needs a GGUF checkpoint; {spec} is not a .gguf file"),
+            ))
+        }
         other => {
             let files = resolve_hf_files(other)?;
             let desc = match other {
@@ -89,7 +98,10 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         source = %loaded.source,
         architecture = ?loaded.model.config().architecture,
         dtype = ?dtype,
+        quantization = %opts.quantization,
         device = ?opts.device,
+        weight_bytes = loaded.model.weight_bytes().total(),
+        weight_bytes_by_type = %loaded.model.weight_bytes(),
         secs = loaded.load_time.as_secs_f64(),
         "model loaded"
     );
@@ -197,7 +209,12 @@ fn load_hf(files: &HfFiles, source: String, dtype: DType, device: &Device) -> Re
     })
 }
 
-fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+fn load_gguf(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    quantization: Quantization,
+) -> Result<LoadedModel> {
     let (content, file) = Weights::open_gguf(path)?;
     let tokenizer = gguf_tok::tokenizer_from_gguf(&content.metadata)?;
     let special = gguf_special_tokens(&content.metadata)?;
@@ -219,6 +236,7 @@ fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> 
         ),
         num_heads: cfg.num_heads,
         num_kv_heads: cfg.num_kv_heads,
+        keep_quantized: quantization.keeps_gguf_quantized(),
         content,
         file: Mutex::new(file),
         path: path.to_path_buf(),

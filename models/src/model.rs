@@ -19,6 +19,7 @@ use crate::input::ModelInput;
 use crate::kv_cache::KvCache;
 use crate::llama::LlamaModel;
 use crate::lora::LoraAdapter;
+use crate::quantization::WeightBytes;
 use crate::weights::Weights;
 use crate::Result;
 use candle_core::{DType, Device, Tensor};
@@ -67,6 +68,13 @@ impl Model {
     pub fn device(&self) -> &Device {
         match self {
             Self::Llama(m) => m.device(),
+        }
+    }
+
+    /// Bytes of the weights as loaded, by storage type (`q4_1`, `f32`, ...).
+    pub fn weight_bytes(&self) -> &WeightBytes {
+        match self {
+            Self::Llama(m) => m.weight_bytes(),
         }
     }
 

@@ -1,10 +1,14 @@
 //! Where tensors come from: memory-mapped safetensors (one file or shards) or a GGUF file
-//! (dequantized on load). The model asks for tensors by their Hugging Face names and the
-//! shape its config implies; every mismatch is an error naming the tensor and both shapes.
+//! (dequantized on load, or, with `keep_quantized`, its block-quantized tensors handed
+//! out as [`QTensor`]s by [`Weights::get_quantized`]). The model asks for tensors by their
+//! Hugging Face names and the shape its config implies; every mismatch is an error naming
+//! the tensor and both shapes. llama.cpp's rotary permutation of q/k rows is undone in
+//! either form (on quantized data by moving whole rows of blocks).
 
 use crate::{ModelError, Result};
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -27,6 +31,8 @@ pub enum Weights {
         num_heads: usize,
         /// Key/value heads, for the un-permutation.
         num_kv_heads: usize,
+        /// Hand out block-quantized tensors as they are ([`Weights::get_quantized`]).
+        keep_quantized: bool,
     },
 }
 
@@ -70,42 +76,87 @@ impl Weights {
                 check_shape(hf_name, shape, view.shape())?;
                 st.load(hf_name, &Device::Cpu)?
             }
-            Self::Gguf {
-                content,
-                file,
-                path,
-                unpermute_qk,
-                num_heads,
-                num_kv_heads,
-            } => {
-                let name = gguf_name(hf_name).ok_or_else(|| {
-                    ModelError::Missing(format!("GGUF name for tensor {hf_name}"))
-                })?;
-                let info = content.tensor_infos.get(&name).ok_or_else(|| {
-                    ModelError::Missing(format!("tensor {name} ({hf_name}) in {}", path.display()))
-                })?;
-                check_shape(&name, shape, info.shape.dims())?;
-                let q = {
-                    let mut f = file
-                        .lock()
-                        .map_err(|_| ModelError::Missing("GGUF file handle".into()))?;
-                    content.tensor(&mut *f, &name, &Device::Cpu)?
-                };
+            Self::Gguf { .. } => {
+                let q = self.read_gguf(hf_name, shape)?;
                 let t = q.dequantize(&Device::Cpu)?;
-                let heads = if hf_name.ends_with("q_proj.weight") {
-                    Some(*num_heads)
-                } else if hf_name.ends_with("k_proj.weight") {
-                    Some(*num_kv_heads)
-                } else {
-                    None
-                };
-                match heads {
-                    Some(h) if *unpermute_qk => unpermute_rotary_rows(&t, h)?,
-                    _ => t,
+                match self.rotary_heads(hf_name) {
+                    Some(h) => unpermute_rotary_rows(&t, h)?,
+                    None => t,
                 }
             }
         };
         Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// `hf_name` as a [`QTensor`] of its GGUF block type on `device`, if this is a GGUF
+    /// file opened with `keep_quantized` and the tensor is block-quantized (not F32, F16
+    /// or BF16); `None` otherwise (load it with [`Weights::get`]).
+    pub fn get_quantized(
+        &self,
+        hf_name: &str,
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Option<QTensor>> {
+        let Self::Gguf {
+            keep_quantized: true,
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let q = self.read_gguf(hf_name, shape)?;
+        if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            return Ok(None);
+        }
+        let data = match self.rotary_heads(hf_name) {
+            Some(h) => Cow::Owned(unpermute_rotary_rows_raw(&q, h)?),
+            None => q.data()?,
+        };
+        let storage = QStorage::from_data(data, device, q.dtype())?;
+        Ok(Some(QTensor::new(storage, q.shape().clone())?))
+    }
+
+    /// Reads GGUF tensor `hf_name` (on the CPU, in its file type), checking its shape.
+    fn read_gguf(&self, hf_name: &str, shape: &[usize]) -> Result<QTensor> {
+        let Self::Gguf {
+            content,
+            file,
+            path,
+            ..
+        } = self
+        else {
+            return Err(ModelError::invalid(hf_name, "not a GGUF tensor"));
+        };
+        let name = gguf_name(hf_name)
+            .ok_or_else(|| ModelError::Missing(format!("GGUF name for tensor {hf_name}")))?;
+        let info = content.tensor_infos.get(&name).ok_or_else(|| {
+            ModelError::Missing(format!("tensor {name} ({hf_name}) in {}", path.display()))
+        })?;
+        check_shape(&name, shape, info.shape.dims())?;
+        let mut f = file
+            .lock()
+            .map_err(|_| ModelError::Missing("GGUF file handle".into()))?;
+        Ok(content.tensor(&mut *f, &name, &Device::Cpu)?)
+    }
+
+    /// The number of rotary heads whose rows llama.cpp permuted in `hf_name`, if any.
+    fn rotary_heads(&self, hf_name: &str) -> Option<usize> {
+        let Self::Gguf {
+            unpermute_qk: true,
+            num_heads,
+            num_kv_heads,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        if hf_name.ends_with("q_proj.weight") {
+            Some(*num_heads)
+        } else if hf_name.ends_with("k_proj.weight") {
+            Some(*num_kv_heads)
+        } else {
+            None
+        }
     }
 
     /// Opens a GGUF file and reads its header.
@@ -185,6 +236,31 @@ pub fn unpermute_rotary_rows(w: &Tensor, num_heads: usize) -> Result<Tensor> {
         .reshape((out, inp))?)
 }
 
+/// [`unpermute_rotary_rows`] on the raw bytes of a `[out, in]` quantized tensor: each row
+/// is a whole number of blocks, so rows move as byte ranges.
+fn unpermute_rotary_rows_raw(q: &QTensor, num_heads: usize) -> Result<Vec<u8>> {
+    let (out, _) = q.shape().dims2()?;
+    if num_heads == 0 || out % (2 * num_heads) != 0 {
+        return Err(ModelError::invalid(
+            "q/k projection",
+            format!("{out} rows cannot be split into {num_heads} rotary heads"),
+        ));
+    }
+    let data = q.data()?;
+    let row = data.len() / out;
+    let half = out / num_heads / 2;
+    let mut dst = Vec::with_capacity(data.len());
+    for h in 0..num_heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = h * 2 * half + i * 2 + j;
+                dst.extend_from_slice(&data[src * row..(src + 1) * row]);
+            }
+        }
+    }
+    Ok(dst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +287,22 @@ mod tests {
         let back = unpermute_rotary_rows(&permute(&w, 3), 3).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
         assert!(unpermute_rotary_rows(&w, 5).is_err());
+    }
+
+    #[test]
+    fn raw_unpermute_moves_quantized_rows_like_the_dense_one() {
+        let w = Tensor::randn(0f32, 1.0, (24, 64), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let raw = unpermute_rotary_rows_raw(&q, 3).unwrap();
+        let storage = QStorage::from_data(Cow::Owned(raw), &Device::Cpu, q.dtype()).unwrap();
+        let moved = QTensor::new(storage, (24, 64)).unwrap();
+        let dense = unpermute_rotary_rows(&q.dequantize(&Device::Cpu).unwrap(), 3).unwrap();
+        let got = moved.dequantize(&Device::Cpu).unwrap();
+        assert_eq!(
+            got.to_vec2::<f32>().unwrap(),
+            dense.to_vec2::<f32>().unwrap()
+        );
+        assert!(unpermute_rotary_rows_raw(&q, 5).is_err());
     }
 
     #[test]

@@ -165,15 +165,25 @@ pub fn sse_payloads(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// SmolLM2 (the test model) loaded in `dtype` on the CPU: the model, its tokenizer and
-/// its special tokens.
+/// SmolLM2 (the test model) loaded in `dtype` on the CPU, every weight dequantized
+/// (`--quantization none`, the path golden.json pins): the model, its tokenizer and its
+/// special tokens.
 pub fn load_smollm2(dtype: candle_core::DType) -> wick_models::LoadedModel {
+    load_smollm2_with(dtype, wick_models::Quantization::None)
+}
+
+/// SmolLM2 loaded in `dtype` on the CPU under `quantization`.
+pub fn load_smollm2_with(
+    dtype: candle_core::DType,
+    quantization: wick_models::Quantization,
+) -> wick_models::LoadedModel {
     let path = smollm2_gguf();
     wick_models::load(
         path.to_str().expect("utf-8 path"),
         &wick_models::LoadOptions {
             dtype: Some(dtype),
             device: candle_core::Device::Cpu,
+            quantization,
         },
     )
     .expect("load SmolLM2")

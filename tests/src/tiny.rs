@@ -134,6 +134,7 @@ impl TinyModel {
             &wick_models::LoadOptions {
                 dtype: Some(dtype),
                 device: candle_core::Device::Cpu,
+                quantization: wick_models::Quantization::None,
             },
         )
         .unwrap_or_else(|e| panic!("load {}: {e}", self.name))

@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &wick_models::LoadOptions {
             dtype: None,
             device: candle_core::Device::Cpu,
+            quantization: wick_models::Quantization::default(),
         },
     )?;
     let vocab = loaded.model.config().vocab_size as u64;

@@ -65,6 +65,8 @@ pub struct Metrics {
     generation_tokens: Counter,
     success: Family<ReasonLabels, Counter>,
     http: Family<HttpLabels, Counter>,
+    /// Bytes of the model's weights as loaded; 0 while loading.
+    model_weight_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// `s` with the characters that would need escaping in a label value replaced by `_`.
@@ -89,7 +91,14 @@ impl Metrics {
             generation_tokens: Counter::default(),
             success,
             http: Family::default(),
+            model_weight_bytes: Default::default(),
         }
+    }
+
+    /// Sets `wick:model_weight_bytes` once the model is loaded.
+    pub fn set_model_weight_bytes(&self, bytes: u64) {
+        self.model_weight_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A request that finished in the engine; `finish_reasons` has one entry per
@@ -206,6 +215,16 @@ impl Metrics {
             "Arrival to first scheduled step",
             self.queue.clone(),
         );
+        let weight_bytes = self
+            .model_weight_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if weight_bytes > 0 {
+            r.register(
+                "wick:model_weight_bytes",
+                "Bytes of the model's weights as loaded (quantized ones at their GGUF size)",
+                ConstGauge::new(i64::try_from(weight_bytes).unwrap_or(i64::MAX)),
+            );
+        }
         let alive = health.is_some_and(EngineHealth::is_healthy);
         r.register(
             "wick:engine_alive",

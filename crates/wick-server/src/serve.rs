@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// auto: GGUF weights stay in their GGUF types and multiply with quantized kernels
+    /// (other checkpoints load as with none); none: dequantize every weight to --dtype;
+    /// gguf: as auto, and an error for a checkpoint that is not GGUF.
+    #[arg(long, default_value = "auto", value_parser = crate::stack::parse_quantization)]
+    pub quantization: wick_models::Quantization,
     /// cpu, cuda or cuda:N (default: first GPU if built with CUDA and present, else CPU).
     #[arg(long)]
     pub device: Option<String>,
@@ -213,6 +218,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let stack_args = StackArgs {
         model: args.model.clone(),
         dtype: args.dtype.clone(),
+        quantization: args.quantization,
         device: args.device.clone(),
         chat_template: args.chat_template.clone(),
         generation_config: args.generation_config,
@@ -235,6 +241,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             return Ok(());
         }
     };
+    state.metrics.set_model_weight_bytes(stack.weight_bytes);
     let backend: Arc<dyn Backend> = Arc::new(stack.engine);
     let tool_parser = (args.tool_call_parser).resolve(stack.prompt.chat_template_source());
     state.set_serving(Arc::new(Serving {

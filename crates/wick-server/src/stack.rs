@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use wick_engine::{EngineConfig, EngineHandle};
 use wick_models::device::{device_name, parse_dtype, select_device};
 use wick_models::generation_config::GenerationConfig;
+pub use wick_models::Quantization;
 use wick_models::{Model, SpecialTokens};
 
 /// What the stack is built from (the model-related flags of `serve` and `generate`).
@@ -21,6 +22,8 @@ pub struct StackArgs {
     pub model: String,
     /// auto, f32, f16 or bf16.
     pub dtype: String,
+    /// Whether GGUF weights stay quantized (`--quantization auto|none|gguf`).
+    pub quantization: wick_models::Quantization,
     /// cpu, cuda or cuda:N; `None`: the first GPU if any, else the CPU.
     pub device: Option<String>,
     /// A Jinja chat template file to use instead of the model's.
@@ -60,6 +63,8 @@ pub struct LoadedStack {
     pub defaults: ModelDefaults,
     /// `system_fingerprint` of responses: wick's version and the model's dtype/device.
     pub fingerprint: String,
+    /// Bytes of the model's weights as loaded (the `wick:model_weight_bytes` gauge).
+    pub weight_bytes: u64,
     model: Model,
     special: SpecialTokens,
 }
@@ -76,6 +81,7 @@ impl LoadedStack {
             &wick_models::LoadOptions {
                 dtype,
                 device: device.clone(),
+                quantization: args.quantization,
             },
         )
         .map_err(|e| StackError::Load(e.to_string()))?;
@@ -89,6 +95,8 @@ impl LoadedStack {
         tracing::info!(
             source = %loaded.source,
             dtype = ?model_dtype,
+            quantization = %args.quantization,
+            weight_bytes = %loaded.model.weight_bytes(),
             device = %device_name(&device),
             load_time_s = loaded.load_time.as_secs_f64(),
             "model loaded"
@@ -108,6 +116,7 @@ impl LoadedStack {
             prompt,
             defaults,
             fingerprint: fingerprint(&format!("{model_dtype:?}"), &device_name(&device)),
+            weight_bytes: loaded.model.weight_bytes().total() as u64,
             model: loaded.model,
             special: loaded.special,
         })
@@ -132,6 +141,7 @@ impl LoadedStack {
             prompt: self.prompt,
             defaults: self.defaults,
             fingerprint: self.fingerprint,
+            weight_bytes: self.weight_bytes,
         })
     }
 }
@@ -146,6 +156,8 @@ pub struct ServingStack {
     pub defaults: ModelDefaults,
     /// `system_fingerprint` of responses.
     pub fingerprint: String,
+    /// Bytes of the model's weights as loaded.
+    pub weight_bytes: u64,
 }
 
 impl ServingStack {
@@ -189,6 +201,12 @@ fn sampling_defaults(
         );
     }
     defaults
+}
+
+/// Parses `--quantization` (auto, none or gguf) for clap.
+pub fn parse_quantization(s: &str) -> Result<wick_models::Quantization, String> {
+    s.parse()
+        .map_err(|e: wick_models::ModelError| e.to_string())
 }
 
 /// `fp_wick-<version>-<dtype>-<device>`, lower case.

@@ -17,6 +17,7 @@ fn load(m: &TinyModel, generation_config: GenerationConfigMode) -> LoadedStack {
         device: Some("cpu".into()),
         chat_template: None,
         generation_config,
+        ..StackArgs::default()
     })
     .unwrap_or_else(|e| panic!("{}: {e}", m.name))
 }

@@ -26,6 +26,10 @@ pub struct GenerateArgs {
     /// auto (f32 on CPU, bf16 on CUDA), f32, f16 or bf16.
     #[arg(long, default_value = "auto")]
     dtype: String,
+    /// auto (GGUF weights stay quantized), none (dequantize to --dtype) or gguf (auto,
+    /// and an error for a checkpoint that is not GGUF).
+    #[arg(long, default_value = "auto", value_parser = wick_server::stack::parse_quantization)]
+    quantization: wick_server::stack::Quantization,
     /// cpu, cuda or cuda:N (default: first GPU if built with CUDA, else CPU).
     #[arg(long)]
     device: Option<String>,
@@ -39,6 +43,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let loaded = LoadedStack::load(&StackArgs {
         model: args.model.clone(),
         dtype: args.dtype.clone(),
+        quantization: args.quantization,
         device: args.device.clone(),
         chat_template: None,
         ..StackArgs::default()

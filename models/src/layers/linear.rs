@@ -6,25 +6,55 @@
 //! (a different weight storage and matmul), fused projections (q/k/v or gate/up as one
 //! matmul whose output is split) and column/row sharding for tensor parallelism (a slice
 //! of `W` per device plus a gather or reduce) hook in. LoRA is here: a projection with
-//! adapter slots ([`LoraSlots`]) adds each token's adapter delta after the dense matmul
-//! ([`Linear::forward_lora`]); the others do not exist yet.
+//! adapter slots ([`LoraSlots`]) adds each token's adapter delta after the base matmul
+//! ([`Linear::forward_lora`]). Quantized weights are here: the weight is a
+//! [`LinearWeight`], dense (a tensor in the serving dtype) or quantized (a GGUF-typed
+//! [`QTensor`] multiplied by candle's [`QMatMul`], which takes f32 activations and, on
+//! the CPU, quantizes them to Q8 blocks for the dot products); LoRA deltas are added on
+//! top of either. Fused projections and sharding do not exist yet.
 //!
-//! Invariant: the arithmetic is exactly candle-nn's `Linear` for contiguous inputs (one
-//! 2-D matmul against the transposed weight, then a broadcast bias add), so replacing it
-//! changed no logits.
+//! Invariant: the dense arithmetic is exactly candle-nn's `Linear` for contiguous inputs
+//! (one 2-D matmul against the transposed weight, then a broadcast bias add), so
+//! replacing it changed no logits. Output dtype is always the serving dtype.
 
 use super::lora::LoraSlots;
 use super::WeightLoader;
 use crate::lora::LoraPair;
 use crate::{ModelError, Result};
-use candle_core::Tensor;
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use std::sync::Arc;
 use wick_kernels::LoraBatch;
 
-/// A dense linear projection with an optional bias.
+/// How a projection's `[out, in]` weight is stored.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// A tensor in the serving dtype.
+    Dense(Tensor),
+    /// A block-quantized GGUF tensor (shared: a tied `lm_head` and the token embedding
+    /// hold the same one).
+    Quantized(Arc<QTensor>),
+}
+
+/// The weight as the layer keeps it.
+#[derive(Debug, Clone)]
+enum Weight {
+    Dense(Tensor),
+    Quantized {
+        qmm: QMatMul,
+        /// `(out, in)`.
+        dims: (usize, usize),
+        /// Serving dtype: of activations in and out, and of LoRA slots.
+        dtype: DType,
+        device: Device,
+    },
+}
+
+/// A linear projection (dense or quantized weight) with an optional bias.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]`.
-    weight: Tensor,
+    weight: Weight,
     /// `[out]`.
     bias: Option<Tensor>,
     /// Adapter slots, when LoRA is enabled for this projection.
@@ -35,18 +65,54 @@ impl Linear {
     /// A layer from a `[out, in]` weight and an optional `[out]` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
+            weight: Weight::Dense(weight),
             bias,
             lora: None,
         }
     }
 
-    /// Gives the projection `num_slots` empty adapter slots (in its weight's dtype and
-    /// device).
+    /// A layer from either storage of its weight; `dtype` is the serving dtype (of the
+    /// activations, the bias and LoRA slots), which a dense weight must already have.
+    pub fn from_weight(weight: LinearWeight, bias: Option<Tensor>, dtype: DType) -> Result<Self> {
+        let weight = match weight {
+            LinearWeight::Dense(w) => Weight::Dense(w),
+            LinearWeight::Quantized(q) => Weight::Quantized {
+                dims: q.shape().dims2()?,
+                device: q.device(),
+                qmm: QMatMul::from_arc(q)?,
+                dtype,
+            },
+        };
+        Ok(Self {
+            weight,
+            bias,
+            lora: None,
+        })
+    }
+
+    /// True if the weight is kept quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, Weight::Quantized { .. })
+    }
+
+    /// `(out, in)` features, dtype and device of the layer.
+    fn meta(&self) -> Result<((usize, usize), DType, Device)> {
+        Ok(match &self.weight {
+            Weight::Dense(w) => (w.dims2()?, w.dtype(), w.device().clone()),
+            Weight::Quantized {
+                dims,
+                dtype,
+                device,
+                ..
+            } => (*dims, *dtype, device.clone()),
+        })
+    }
+
+    /// Gives the projection `num_slots` empty adapter slots (in the serving dtype, on the
+    /// layer's device).
     pub fn enable_lora(&mut self, num_slots: usize) -> Result<()> {
-        let (out, inp) = self.weight.dims2()?;
-        let (dtype, device) = (self.weight.dtype(), self.weight.device());
-        self.lora = Some(LoraSlots::new(num_slots, inp, out, dtype, device)?);
+        let ((out, inp), dtype, device) = self.meta()?;
+        self.lora = Some(LoraSlots::new(num_slots, inp, out, dtype, &device)?);
         Ok(())
     }
 
@@ -66,13 +132,13 @@ impl Linear {
         inp: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = ld.tensor(&format!("{prefix}.weight"), &[out, inp])?;
+        let weight = ld.linear_weight(&format!("{prefix}.weight"), &[out, inp])?;
         let bias = if bias {
             Some(ld.tensor(&format!("{prefix}.bias"), &[out])?)
         } else {
             None
         };
-        Ok(Self::new(weight, bias))
+        Self::from_weight(weight, bias, ld.dtype())
     }
 
     /// [`Linear::forward`] plus, for `[tokens, in]` inputs, each token's adapter delta
@@ -97,17 +163,34 @@ impl Linear {
                 "a scalar has no features",
             ));
         };
-        let w = self.weight.t()?;
-        let y = match lead {
-            [_] => x.matmul(&w)?,
-            _ => {
+        let y = match &self.weight {
+            Weight::Dense(weight) => {
+                let w = weight.t()?;
+                match lead {
+                    [_] => x.matmul(&w)?,
+                    _ => {
+                        let rows: usize = lead.iter().product();
+                        let mut out_shape = lead.to_vec();
+                        out_shape.push(weight.dim(0)?);
+                        x.contiguous()?
+                            .reshape((rows, inp))?
+                            .matmul(&w)?
+                            .reshape(out_shape)?
+                    }
+                }
+            }
+            Weight::Quantized {
+                qmm,
+                dims: (out, _),
+                dtype,
+                ..
+            } => {
+                // candle's quantized matmul takes contiguous f32 activations.
                 let rows: usize = lead.iter().product();
                 let mut out_shape = lead.to_vec();
-                out_shape.push(self.weight.dim(0)?);
-                x.contiguous()?
-                    .reshape((rows, inp))?
-                    .matmul(&w)?
-                    .reshape(out_shape)?
+                out_shape.push(*out);
+                let x32 = x.to_dtype(DType::F32)?.contiguous()?.reshape((rows, inp))?;
+                qmm.forward(&x32)?.to_dtype(*dtype)?.reshape(out_shape)?
             }
         };
         Ok(match &self.bias {
@@ -147,5 +230,39 @@ mod tests {
         assert_eq!(y.dtype(), DType::BF16);
         let s = Tensor::new(1f32, &dev).unwrap();
         assert!(Linear::new(s.clone(), None).forward(&s).is_err());
+    }
+
+    #[test]
+    fn lora_on_a_quantized_base_adds_the_same_delta() {
+        use candle_core::quantized::GgmlDType;
+        let dev = Device::Cpu;
+        let (out, inp, rank) = (8, 64, 4);
+        let w = Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap();
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
+        let mut quant = Linear::from_weight(LinearWeight::Quantized(q), None, DType::F32).unwrap();
+        assert!(quant.is_quantized());
+        assert!(quant.set_lora(0, None).is_err());
+        quant.enable_lora(2).unwrap();
+        let pair = LoraPair {
+            a: Tensor::randn(0f32, 1.0, (rank, inp), &dev).unwrap(),
+            b: Tensor::randn(0f32, 1.0, (out, rank), &dev).unwrap(),
+        };
+        quant.set_lora(1, Some(&pair)).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, inp), &dev).unwrap();
+        // Token 0 has no adapter, token 1 sits on the empty slot 0, token 2 on slot 1.
+        let batch = LoraBatch::new(&[-1, 0, 1], &[0, rank], &dev).unwrap();
+        let got = quant.forward_lora(&x, Some(&batch)).unwrap();
+        let base = quant.forward(&x).unwrap();
+        let delta = x.matmul(&pair.a.t().unwrap()).unwrap();
+        let delta = delta.matmul(&pair.b.t().unwrap()).unwrap();
+        let got = got.to_vec2::<f32>().unwrap();
+        let base = base.to_vec2::<f32>().unwrap();
+        let delta = delta.to_vec2::<f32>().unwrap();
+        assert_eq!(got[0], base[0]);
+        assert_eq!(got[1], base[1]);
+        for j in 0..out {
+            let want = base[2][j] + delta[2][j];
+            assert!((got[2][j] - want).abs() < 1e-3 * (1.0 + want.abs()), "{j}");
+        }
     }
 }

@@ -6,10 +6,13 @@
 //!
 //! Every layer is built through a [`WeightLoader`], which reads tensors by their Hugging
 //! Face names with the shapes the config implies and converts them to the serving dtype
-//! and device. Numerics are those of the previous single-file Llama implementation: the
+//! and device (or, for projections and the token embedding of a GGUF file loaded with
+//! `--quantization auto|gguf`, keeps them in their GGUF types), and counts the bytes of
+//! what it loaded by storage type ([`WeightBytes`]). Numerics are those of the previous single-file Llama implementation: the
 //! golden and architecture tests pin them.
 
 pub mod attention;
+pub mod embedding;
 pub mod linear;
 pub mod lora;
 pub mod mlp;
@@ -17,15 +20,19 @@ pub mod norm;
 pub mod rotary;
 
 pub use attention::Attention;
-pub use linear::Linear;
+pub use embedding::Embedding;
+pub use linear::{Linear, LinearWeight};
 pub use lora::LoraSlots;
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rotary::RotaryEmbedding;
 
+use crate::quantization::WeightBytes;
 use crate::weights::Weights;
 use crate::Result;
 use candle_core::{DType, Device, Tensor};
+use std::cell::RefCell;
+use std::sync::Arc;
 
 /// Reads one model's tensors from [`Weights`] with shape checks, in the serving dtype
 /// on the serving device.
@@ -33,6 +40,7 @@ pub struct WeightLoader<'a> {
     weights: &'a Weights,
     dtype: DType,
     device: &'a Device,
+    bytes: RefCell<WeightBytes>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -42,12 +50,41 @@ impl<'a> WeightLoader<'a> {
             weights,
             dtype,
             device,
+            bytes: RefCell::default(),
         }
+    }
+
+    /// The serving dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The tensor `name` (Hugging Face naming), which must have `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.weights.get(name, shape, self.dtype, self.device)
+        let t = self.weights.get(name, shape, self.dtype, self.device)?;
+        self.bytes.borrow_mut().add(
+            self.dtype.as_str(),
+            t.elem_count() * self.dtype.size_in_bytes(),
+        );
+        Ok(t)
+    }
+
+    /// The `[out, in]` weight `name`: quantized if the checkpoint keeps it so (see
+    /// [`Weights::get_quantized`]), else dense in the serving dtype.
+    pub fn linear_weight(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
+        match self.weights.get_quantized(name, shape, self.device)? {
+            Some(q) => {
+                let ty = format!("{:?}", q.dtype());
+                self.bytes.borrow_mut().add(&ty, q.storage_size_in_bytes());
+                Ok(LinearWeight::Quantized(Arc::new(q)))
+            }
+            None => Ok(LinearWeight::Dense(self.tensor(name, shape)?)),
+        }
+    }
+
+    /// Bytes of everything loaded so far, by storage type.
+    pub fn bytes(&self) -> WeightBytes {
+        self.bytes.borrow().clone()
     }
 
     /// True if the checkpoint has a tensor of this name.

@@ -204,13 +204,23 @@ pub fn write_checkpoint(
     .unwrap();
 }
 
-/// Loads a checkpoint directory with wick in f32 on the CPU.
+/// Loads a checkpoint (directory or GGUF file) with wick in f32 on the CPU, every weight
+/// dequantized (`--quantization none`).
 pub fn load(spec: &str) -> wick_models::Result<wick_models::LoadedModel> {
+    load_with(spec, wick_models::Quantization::None)
+}
+
+/// Loads a checkpoint with wick in f32 on the CPU under `quantization`.
+pub fn load_with(
+    spec: &str,
+    quantization: wick_models::Quantization,
+) -> wick_models::Result<wick_models::LoadedModel> {
     wick_models::load(
         spec,
         &wick_models::LoadOptions {
             dtype: Some(DType::F32),
             device: Device::Cpu,
+            quantization,
         },
     )
 }

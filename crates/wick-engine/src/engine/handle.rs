@@ -158,10 +158,13 @@ impl EngineHandle {
             block_size: cache.block_size,
             eos_token_ids,
         });
+        let kv_cache_bytes =
+            cache.num_blocks * KvCache::bytes_per_block(&cfg, cache.block_size, model.dtype());
         tracing::info!(
             num_blocks = cache.num_blocks,
             block_size = cache.block_size,
-            kv_cache_bytes = memory,
+            kv_cache_bytes,
+            weight_bytes = %model.weight_bytes(),
             max_model_len,
             max_num_seqs = config.max_num_seqs,
             max_num_batched_tokens = config.max_num_batched_tokens,

@@ -351,3 +351,18 @@ fn lora_requests_info_names_running_and_waiting_adapters_when_lora_is_on() {
         assert!(line.contains(label), "{label} missing: {line}");
     }
 }
+
+#[test]
+fn model_weight_bytes_is_a_gauge_once_loaded() {
+    let m = Metrics::new("smol");
+    let text = m.render(&EngineStats::default(), None);
+    assert!(!text.contains("wick:model_weight_bytes"), "{text}");
+    m.set_model_weight_bytes(96_576_768);
+    let text = m.render(&EngineStats::default(), Some(&EngineHealth::Healthy));
+    assert!(
+        text.contains("# TYPE wick:model_weight_bytes gauge\n")
+            && text.contains("wick:model_weight_bytes{model_name=\"smol\"} 96576768\n"),
+        "{text}"
+    );
+    parse(&text);
+}
