@@ -18,7 +18,7 @@ fn wick_generate_prints_the_golden_chat_answer() {
         .expect("text")
         .to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
-        .args(["generate", "--chat", "--model"])
+        .args(["generate", "--chat", "--quantization", "none", "--model"])
         .arg(smollm2_gguf())
         .args(["--prompt", &prompt, "--max-tokens"])
         .arg(case.max_tokens.to_string())

@@ -16,10 +16,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `wick serve` on SmolLM2 (served as `smollm2`) with `extra` flags and waits
-    /// until /ready is 200 (503 while loading, while /health is already 200).
+    /// Starts `wick serve` on SmolLM2 (served as `smollm2`, dequantized: the golden
+    /// references are of the dequantized weights) with `extra` flags and waits until
+    /// /ready is 200 (503 while loading, while /health is already 200).
     pub async fn start(extra: &[&str]) -> Server {
-        Self::start_model(&wick_test_support::smollm2_gguf(), "smollm2", extra).await
+        let mut flags = vec!["--quantization", "none"];
+        flags.extend_from_slice(extra);
+        Self::start_model(&wick_test_support::smollm2_gguf(), "smollm2", &flags).await
     }
 
     /// Starts `wick serve` on `model` served as `name`, as [`Server::start`].
