@@ -415,6 +415,9 @@ impl EngineLoop {
 
     /// Names of the adapters of running and of waiting sequences (sorted, distinct).
     fn lora_names(&self) -> (Vec<String>, Vec<String>) {
+        if self.scheduler.config().max_loras == 0 {
+            return (Vec::new(), Vec::new()); // LoRA off: nothing to look at every step
+        }
         let mut running = BTreeSet::new();
         let mut waiting = BTreeSet::new();
         for (&id, r) in &self.requests {
