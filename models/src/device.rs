@@ -50,6 +50,11 @@ fn pick(spec: Option<&str>) -> Result<Device> {
     }
 }
 
+/// Whether this build can run on CUDA devices (compiled with the `cuda` feature).
+pub fn cuda_compiled() -> bool {
+    candle_core::utils::cuda_is_available()
+}
+
 /// Parses `--dtype`: `auto` (None), `f32`, `f16`/`float16`, `bf16`/`bfloat16`.
 pub fn parse_dtype(spec: &str) -> Result<Option<DType>> {
     match spec.trim().to_ascii_lowercase().as_str() {

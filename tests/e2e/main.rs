@@ -16,3 +16,4 @@ mod lifecycle;
 mod lora;
 mod python_client;
 mod support;
+mod version;

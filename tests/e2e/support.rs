@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +27,28 @@ impl Server {
     }
 
     /// Starts `wick serve` on `model` served as `name`, as [`Server::start`].
-    pub async fn start_model(model: &std::path::Path, name: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+    pub async fn start_model(model: &Path, name: &str, extra: &[&str]) -> Server {
+        Self::launch(
+            Path::new(env!("CARGO_BIN_EXE_wick")),
+            model,
+            name,
+            extra,
+            None,
+        )
+        .await
+    }
+
+    /// Starts the wick executable `exe` serving `model` as `name`, as [`Server::start`];
+    /// over HTTPS when `tls_ca` is given (the PEM of the CA the client trusts; `extra`
+    /// holds the server's `--ssl-certfile`/`--ssl-keyfile`).
+    pub async fn launch(
+        exe: &Path,
+        model: &Path,
+        name: &str,
+        extra: &[&str],
+        tls_ca: Option<&Path>,
+    ) -> Server {
+        let mut child = Command::new(exe)
             .args(["serve", "--model"])
             .arg(model)
             .args(["--served-model-name", name, "--port", "0"])
@@ -35,6 +56,7 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("WICK_API_KEY")
+            .env_remove("WICK_RELEASE_NAME")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -58,14 +80,19 @@ impl Server {
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("server never listened: {:?}", logs.lock().unwrap()));
+        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(300));
+        if let Some(ca) = tls_ca {
+            let pem = std::fs::read(ca).unwrap();
+            client = client
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+                .tls_built_in_root_certs(false);
+        }
+        let scheme = if tls_ca.is_some() { "https" } else { "http" };
         let server = Server {
             child,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             logs,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()
-                .unwrap(),
+            client: client.build().unwrap(),
         };
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {

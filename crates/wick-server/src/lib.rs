@@ -20,6 +20,7 @@ compile_error!(
 );
 
 pub mod backend;
+pub mod build_info;
 pub mod chat_template;
 pub mod compat;
 pub mod detokenizer;
@@ -36,5 +37,10 @@ pub mod stack;
 pub mod state;
 pub mod tool_parser;
 
+pub use build_info::BuildInfo;
 pub use error::ApiError;
 pub use serve::{run, LogFormat, ServeArgs, ServeError};
+
+/// Whether this build has the test-only `fault-injection` feature (`wick serve
+/// --fault-inject`); the binary lists it among its build features.
+pub const FAULT_INJECTION: bool = cfg!(feature = "fault-injection");

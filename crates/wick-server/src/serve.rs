@@ -11,6 +11,7 @@
 //! may recover, and liveness probes decide.
 
 use crate::backend::Backend;
+use crate::build_info::{BuildInfo, VersionInfo};
 use crate::stack::{GenerationConfigMode, ServingStack, StackArgs};
 use crate::state::{AppState, Serving};
 use axum::serve::ListenerExt;
@@ -124,6 +125,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The release this install is, reported by GET /version (default: the "release" of
+    /// manifest.json in the parent of the executable's directory, if there is one).
+    #[arg(long, env = "WICK_RELEASE_NAME")]
+    pub release_name: Option<String>,
     /// Seconds the engine may hold work without finishing a step before `/health` and
     /// `/ready` answer 503 (a hung kernel or device).
     #[arg(long, default_value_t = 60.0)]
@@ -163,8 +168,18 @@ impl From<crate::stack::StackError> for ServeError {
 
 /// Runs the server until SIGTERM/SIGINT and a clean drain (`Ok`), or until the engine
 /// dies ([`ServeError::EngineDied`], a few seconds after, so in-flight requests get
-/// their errors written).
-pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+/// their errors written). `build` is what the binary was built as (`GET /version`).
+pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
+    let exe = std::env::current_exe().ok();
+    let release = crate::build_info::release_name(args.release_name.as_deref(), exe.as_deref())
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    tracing::info!(
+        version = %build.version,
+        git_sha = %build.git_sha,
+        features = ?build.features,
+        release = %release.as_deref().unwrap_or("none"),
+        "wick"
+    );
     let bytes = |name: &str, v: &str| {
         wick_core::parse_bytes(v).map_err(|e| ServeError::Config(format!("--{name}: {e}")))
     };
@@ -187,6 +202,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .cloned()
         .collect();
     let mut state = AppState::new(names, keys, max_body);
+    state.version = VersionInfo::new(&build, release);
     state.lora_runtime_updates = args.enable_lora_runtime_updates;
     state.lora_root = args.lora_root.clone();
     let state = Arc::new(state);

@@ -60,6 +60,8 @@ pub struct AppState {
     pub lora_root: Option<std::path::PathBuf>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// What `GET /version` answers: the build and the deployment's release.
+    pub version: crate::build_info::VersionInfo,
     serving: OnceLock<Arc<Serving>>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -85,6 +87,7 @@ impl AppState {
             lora_runtime_updates: false,
             lora_root: None,
             metrics,
+            version: Default::default(),
             serving: OnceLock::new(),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),

@@ -1,4 +1,5 @@
-//! GET /v1/models, POST /tokenize and /detokenize, GET /health, /ready and /metrics.
+//! GET /v1/models, POST /tokenize and /detokenize, GET /health, /ready, /version and
+//! /metrics.
 
 use super::OpenAiJson;
 use crate::error::ApiError;
@@ -103,6 +104,11 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let (status, body) = state.readiness();
     (status, Json(body)).into_response()
+}
+
+/// GET /version: the build and the deployment's release (open, like the probes).
+pub async fn version(State(state): State<Arc<AppState>>) -> Json<crate::build_info::VersionInfo> {
+    Json(state.version.clone())
 }
 
 /// GET /metrics: Prometheus text.

@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .route("/health", get(info::health))
         .route("/ready", get(info::ready))
+        .route("/version", get(info::version))
         .route("/metrics", get(info::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
