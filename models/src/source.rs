@@ -3,7 +3,8 @@
 //! - an existing directory: a Hugging Face checkpoint laid out on disk;
 //! - an existing `*.gguf` file;
 //! - otherwise `org/name[@revision]`: a Hugging Face hub id, fetched through hf-hub into
-//!   its cache (`HF_HOME`, token from `HF_TOKEN` or the cache's token file). With
+//!   its cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`; token from `HF_TOKEN` or
+//!   `$HF_HOME/token`; `HF_ENDPOINT` for a mirror). With
 //!   `HF_HUB_OFFLINE=1` only the local cache is read, and a missing file is an error naming
 //!   the repository, revision and file.
 
@@ -93,9 +94,13 @@ pub fn hub_offline() -> bool {
         .unwrap_or(false)
 }
 
-/// The hub cache directory: `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+/// The hub cache directory: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (as huggingface_hub reads them).
 pub fn hub_cache_dir() -> PathBuf {
-    hf_hub::Cache::from_env().path().clone()
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => hf_hub::Cache::from_env().path().clone(),
+    }
 }
 
 /// Something that turns a file name of a checkpoint into a local path.
@@ -195,7 +200,12 @@ fn file_source(source: &ModelSource) -> Result<Box<dyn FileSource>> {
             let token = std::env::var("HF_TOKEN")
                 .ok()
                 .or_else(|| hf_hub::Cache::from_env().token());
-            let api = hf_hub::api::sync::ApiBuilder::from_env()
+            let mut builder =
+                hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(hub_cache_dir()));
+            if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()) {
+                builder = builder.with_endpoint(endpoint);
+            }
+            let api = builder
                 .with_token(token)
                 .build()
                 .map_err(|e| ModelError::Hub(e.to_string()))?;

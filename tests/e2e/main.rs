@@ -11,6 +11,7 @@ mod api;
 mod bench;
 mod errors;
 mod faults;
+mod fetch;
 mod generate;
 mod lifecycle;
 mod lora;

@@ -317,9 +317,8 @@ pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// The engine's settings from the flags.
 /// `name=path` of `--lora-modules`.
-fn parse_lora_module(s: &str) -> Result<(String, String), String> {
+pub fn parse_lora_module(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, path)) if !name.trim().is_empty() && !path.trim().is_empty() => {
             Ok((name.trim().to_string(), path.trim().to_string()))
@@ -328,6 +327,7 @@ fn parse_lora_module(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The engine's settings from the flags.
 fn engine_config(
     args: &ServeArgs,
     kv_cache_memory: Option<u64>,

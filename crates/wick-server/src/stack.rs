@@ -122,6 +122,11 @@ impl LoadedStack {
         })
     }
 
+    /// The model's configuration.
+    pub fn config(&self) -> &wick_models::ModelConfig {
+        self.model.config()
+    }
+
     /// KV cache bytes that hold `tokens` tokens (rounded up to whole blocks, plus one).
     pub fn kv_cache_bytes_for(&self, tokens: usize, block_size: usize) -> u64 {
         let block_bytes = wick_models::KvCache::bytes_per_block(

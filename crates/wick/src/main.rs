@@ -1,10 +1,11 @@
 //! The `wick` binary: `wick serve` (the OpenAI API), `wick generate` (one prompt through
-//! the engine), `wick bench` (load tests).
+//! the engine), `wick bench` (load tests), `wick fetch` (a model into the cache, checked).
 //!
 //! Its build identity (version, the git commit build.rs bakes in as `WICK_GIT_SHA`, the
 //! compiled-in features) is `wick --version`'s and goes to the server for `GET /version`.
 
 mod config_file;
+mod fetch;
 mod generate;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Load-test an OpenAI-compatible endpoint and report latency, throughput and cost.
     Bench(wick_bench::BenchArgs),
+    /// Download a model (and LoRA adapters) into the Hugging Face cache and check that it
+    /// loads (on the CPU: needs about the model's size in RAM).
+    Fetch(fetch::FetchArgs),
 }
 
 /// This build: the crate version, the commit build.rs baked in, `cuda` or `cpu`, and
@@ -100,6 +104,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             init_logs(LogFormat::Text);
             Ok(wick_bench::run(args)?)
+        }
+        Command::Fetch(args) => {
+            init_logs(LogFormat::Text);
+            fetch::run(args)
         }
     }
 }
