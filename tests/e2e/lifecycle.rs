@@ -81,7 +81,13 @@ async fn disconnects_free_blocks_and_64_concurrent_streams_match_solo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let mut server = Server::start(&["--drain-timeout", "300"]).await;
+    sigterm_drains_then_exits_0(Server::start(&["--drain-timeout", "300"]).await).await;
+}
+
+/// SIGTERM with a stream in flight: /ready and new requests 503, /health 200, the stream
+/// completes, exit 0. `server` serves SmolLM2 with a long --drain-timeout (over HTTP or
+/// HTTPS: tls.rs runs this too).
+pub async fn sigterm_drains_then_exits_0(mut server: Server) {
     let body =
         json!({"prompt": "Count slowly:", "max_tokens": 128, "ignore_eos": true, "stream": true});
     let r = server.send_json("/v1/completions", &body).await;

@@ -1,6 +1,6 @@
 //! End-to-end tests: a real `wick serve` process on loopback with SmolLM2, driven by
-//! real clients (reqwest; the official `openai` Python package). Compiled as the `wick`
-//! package's integration test so that the binary is built first
+//! real clients (reqwest; the official `openai` Python package), over HTTP and HTTPS.
+//! Compiled as the `wick` package's integration test so that the binary is built first
 //! (`CARGO_BIN_EXE_wick`).
 //!
 //! Needs the model (scripts/fetch-test-model.sh) and, for the Python client, the venv
@@ -17,4 +17,5 @@ mod lifecycle;
 mod lora;
 mod python_client;
 mod support;
+mod tls;
 mod version;

@@ -18,7 +18,7 @@ fn python() -> PathBuf {
 }
 
 /// Runs tests/python/`script` with `args`; it must exit 0 and print `passed`.
-async fn run_script(script: &str, args: &[&std::ffi::OsStr], passed: &str) {
+pub async fn run_script(script: &str, args: &[&std::ffi::OsStr], passed: &str) {
     let path = wick_test_support::repo_root()
         .join("tests/python")
         .join(script);

@@ -1,7 +1,8 @@
-//! `wick serve`: its settings ([`ServeArgs`]) and its life: bind, answer `/ready` with
-//! 503 (and `/health` with 200: alive) while the model loads, serve, watch the engine, and on
-//! SIGTERM/SIGINT drain (stop taking requests, `/ready` 503, let in-flight ones finish up
-//! to `--drain-timeout`) before exiting cleanly.
+//! `wick serve`: its settings ([`ServeArgs`]) and its life: bind (HTTP, or HTTPS with
+//! `--ssl-certfile`/`--ssl-keyfile` through [`crate::tls`]; one code path after that),
+//! answer `/ready` with 503 (and `/health` with 200: alive) while the model loads, serve,
+//! watch the engine, and on SIGTERM/SIGINT drain (stop taking requests, `/ready` 503,
+//! let in-flight ones finish up to `--drain-timeout`) before exiting cleanly.
 //!
 //! An engine that dies (its thread panicked) makes `/health` and `/ready` answer 503 at
 //! once (they ask the backend); in-flight requests end with a 500. A few seconds later
@@ -47,6 +48,12 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the log says which).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --ssl-keyfile.
+    #[arg(long, requires = "ssl_keyfile")]
+    pub ssl_certfile: Option<PathBuf>,
+    /// The PEM private key of --ssl-certfile.
+    #[arg(long, requires = "ssl_certfile")]
+    pub ssl_keyfile: Option<PathBuf>,
     /// Name(s) clients use in `model` (default: the --model value).
     #[arg(long)]
     pub served_model_name: Vec<String>,
@@ -207,29 +214,51 @@ pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
     state.lora_root = args.lora_root.clone();
     let state = Arc::new(state);
 
+    let tls = match (&args.ssl_certfile, &args.ssl_keyfile) {
+        (Some(cert), Some(key)) => Some(
+            crate::tls::server_config(cert, key).map_err(|e| ServeError::Config(e.to_string()))?,
+        ),
+        (None, None) => None,
+        _ => {
+            return Err(ServeError::Config(
+                "--ssl-certfile and --ssl-keyfile go together".into(),
+            ))
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+
     let addr = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| ServeError::Bind(addr.clone(), e))?;
     let local = listener
         .local_addr()
-        .map_err(|e| ServeError::Bind(addr, e))?;
-    tracing::info!(address = %local, "listening (/ready is 503 until the model has loaded)");
+        .map_err(|e| ServeError::Bind(addr.clone(), e))?;
+    tracing::info!(
+        address = %local,
+        scheme = %scheme,
+        "listening (/ready is 503 until the model has loaded)"
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = crate::routes::router(state.clone());
-    // Tokens go out as small writes: without TCP_NODELAY, Nagle's algorithm meets the
-    // client's delayed ACKs and adds ~40 ms to TTFT and every inter-token time.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let server = match tls {
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config)
+                .map_err(|e| ServeError::Bind(addr, e))?;
+            spawn_server(listener, app, stop_rx)
+        }
+        // Tokens go out as small writes: without TCP_NODELAY, Nagle's algorithm meets the
+        // client's delayed ACKs and adds ~40 ms to TTFT and every inter-token time (the
+        // TLS listener sets it too).
+        None => spawn_server(
+            listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+            stop_rx,
+        ),
+    };
 
     let stack_args = StackArgs {
         model: args.model.clone(),
@@ -272,7 +301,7 @@ pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
         fingerprint: stack.fingerprint,
         tool_parser,
     }));
-    tracing::info!(address = %local, model = %state.model_name(), "serving");
+    tracing::info!(address = %local, scheme = %scheme, model = %state.model_name(), "serving");
 
     let died = tokio::select! {
         _ = shutdown_signal() => None,
@@ -315,6 +344,26 @@ pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `app` on `listener` (plain TCP or TLS: one code path) until `stop` fires, then
+/// lets open connections finish.
+fn spawn_server<L>(
+    listener: L,
+    app: axum::Router,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            })
+            .await
+    })
 }
 
 /// `name=path` of `--lora-modules`.
