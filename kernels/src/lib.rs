@@ -16,6 +16,9 @@
 //! projection outputs (tokens grouped by adapter slot, described once per step by a
 //! [`LoraBatch`]).
 //!
+//! [`QuantMatrix`] multiplies f32 activations by a GGUF block-quantized weight on the CPU
+//! for the block types whose candle CPU path is scalar (Q4_1), with AVX2 where present.
+//!
 //! All take f32, f16 or bf16 storage and compute in f32. Bad input (shapes, dtypes, slots
 //! or block ids out of range) is a candle error, never a panic or an out-of-bounds access.
 //!
@@ -31,9 +34,12 @@ mod cuda;
 mod lora;
 mod lora_cpu;
 mod paged_attention;
+mod quant;
+mod quant_avx2;
 mod simd;
 mod work_list;
 
 pub use cache::reshape_and_cache;
 pub use lora::{lora_apply, LoraBatch};
 pub use paged_attention::{paged_attention, PagedAttentionMetadata};
+pub use quant::QuantMatrix;

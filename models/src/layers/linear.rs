@@ -9,9 +9,9 @@
 //! adapter slots ([`LoraSlots`]) adds each token's adapter delta after the base matmul
 //! ([`Linear::forward_lora`]). Quantized weights are here: the weight is a
 //! [`LinearWeight`], dense (a tensor in the serving dtype) or quantized (a GGUF-typed
-//! [`QTensor`] multiplied by candle's [`QMatMul`], which takes f32 activations and, on
-//! the CPU, quantizes them to Q8 blocks for the dot products); LoRA deltas are added on
-//! top of either. Fused projections and sharding do not exist yet.
+//! [`QTensor`] multiplied by candle's [`QMatMul`], or on the CPU for Q4_1 by wick's own
+//! [`QuantMatrix`]; both take f32 activations and, on the CPU, quantize them to 8-bit
+//! blocks for the dot products); LoRA deltas are added on top of either. Fused projections and sharding do not exist yet.
 //!
 //! Invariant: the dense arithmetic is exactly candle-nn's `Linear` for contiguous inputs
 //! (one 2-D matmul against the transposed weight, then a broadcast bias add), so
@@ -24,7 +24,7 @@ use crate::{ModelError, Result};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use std::sync::Arc;
-use wick_kernels::LoraBatch;
+use wick_kernels::{LoraBatch, QuantMatrix};
 
 /// How a projection's `[out, in]` weight is stored.
 #[derive(Debug, Clone)]
@@ -41,13 +41,40 @@ pub enum LinearWeight {
 enum Weight {
     Dense(Tensor),
     Quantized {
-        qmm: QMatMul,
+        qmm: QuantizedMatmul,
         /// `(out, in)`.
         dims: (usize, usize),
         /// Serving dtype: of activations in and out, and of LoRA slots.
         dtype: DType,
         device: Device,
     },
+}
+
+/// Who multiplies a quantized weight: wick's own CPU kernel for the block types it has one
+/// for ([`QuantMatrix`]: Q4_1, whose candle CPU path is scalar), candle's `QMatMul` for the
+/// others and on CUDA.
+#[derive(Debug, Clone)]
+enum QuantizedMatmul {
+    Candle(QMatMul),
+    Wick(QuantMatrix),
+}
+
+impl QuantizedMatmul {
+    fn new(q: Arc<QTensor>) -> Result<Self> {
+        Ok(if q.device().is_cpu() && QuantMatrix::supports(q.dtype()) {
+            QuantizedMatmul::Wick(QuantMatrix::from_gguf(&q)?)
+        } else {
+            QuantizedMatmul::Candle(QMatMul::from_arc(q)?)
+        })
+    }
+
+    /// `x W^T` for contiguous f32 `x` of shape `[tokens, in]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            QuantizedMatmul::Candle(qmm) => qmm.forward(x)?,
+            QuantizedMatmul::Wick(m) => m.forward(x)?,
+        })
+    }
 }
 
 /// A linear projection (dense or quantized weight) with an optional bias.
@@ -79,7 +106,7 @@ impl Linear {
             LinearWeight::Quantized(q) => Weight::Quantized {
                 dims: q.shape().dims2()?,
                 device: q.device(),
-                qmm: QMatMul::from_arc(q)?,
+                qmm: QuantizedMatmul::new(q)?,
                 dtype,
             },
         };
