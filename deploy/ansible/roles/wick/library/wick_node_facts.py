@@ -4,8 +4,9 @@ one go and read-only (it never changes anything): its NVIDIA GPUs and the CUDA v
 its driver supports (nvidia-smi), the glibc and libstdc++ (GLIBCXX_) versions it
 provides, free disk under given paths, whether the model is a path on the node, which
 CUDA runtime libraries the dynamic linker cannot find, the releases installed under a
-prefix (with their install times) and the one `current` points at, and whether
-supervisord is installed."""
+prefix (with their install times) and the one `current` points at, whether supervisord
+is installed, whether systemd is the init system (sd_booted: /run/systemd/system), and
+whether apt is there."""
 
 import os
 import re
@@ -18,7 +19,7 @@ module: wick_node_facts
 short_description: What the wick role's preflight checks, read from a node.
 description: >-
   Read-only; returns gpu, glibc, glibcxx, disk, model_on_node, cuda_libs_missing,
-  releases, current, supervisord.
+  releases, current, supervisord, systemd, apt.
 options:
   paths:
     description: Paths (need not exist) whose file system's free space is reported.
@@ -176,6 +177,8 @@ def main():
         releases=releases,
         current=current,
         supervisord=os.path.exists("/usr/bin/supervisord") or shutil.which("supervisord") is not None,
+        systemd=os.path.isdir("/run/systemd/system"),
+        apt=shutil.which("apt-get") is not None,
         gpu=gpu_facts(module, p["nvidia_smi"]),
         glibc=glibc_version(),
         glibcxx=glibcxx_version(libs),
