@@ -9,6 +9,7 @@
 
 mod api;
 mod bench;
+mod deploy;
 mod errors;
 mod faults;
 mod fetch;
