@@ -17,10 +17,10 @@ fn main() {
     // (out, in): q/o, k/v (3 kv heads of 64), gate/up, down; one layer of each.
     let shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536)];
     let dev = Device::Cpu;
-    println!("| rows | candle QMatMul | wick QuantMatrix | speed-up |");
-    println!("| --- | --- | --- | --- |");
-    for m in [1usize, 4, 16, 64] {
-        let (mut t_candle, mut t_wick) = (0f64, 0f64);
+    println!("| rows | candle QMatMul | wick QuantMatrix | speed-up | dequantize + f32 matmul |");
+    println!("| --- | --- | --- | --- | --- |");
+    for m in [1usize, 4, 16, 64, 256] {
+        let (mut t_candle, mut t_wick, mut t_dense) = (0f64, 0f64, 0f64);
         for &(out, inp) in &shapes {
             let w = Tensor::randn(0f32, 0.05, (out, inp), &dev).unwrap();
             let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
@@ -41,13 +41,20 @@ fn main() {
                 ours.forward(&x).unwrap();
             }
             t_wick += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for _ in 0..iters {
+                let w = Tensor::from_vec(ours.dequantize(), (out, inp), &dev).unwrap();
+                x.matmul(&w.t().unwrap()).unwrap();
+            }
+            t_dense += t.elapsed().as_secs_f64();
         }
         let per = |t: f64| t / iters as f64 * 1e6;
         println!(
-            "| {m} | {:.0} us | {:.0} us | {:.1}x |",
+            "| {m} | {:.0} us | {:.0} us | {:.1}x | {:.0} us |",
             per(t_candle),
             per(t_wick),
-            t_candle / t_wick
+            t_candle / t_wick,
+            per(t_dense)
         );
     }
     println!("(time of one q, k, gate and down projection together, per call)");
