@@ -264,6 +264,10 @@ mod tests {
         (q, m)
     }
 
+    fn values(t: Result<Tensor>) -> Vec<f32> {
+        t.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
     fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         a.iter()
@@ -290,22 +294,9 @@ mod tests {
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
             let x = random(&mut rng, m * cols);
             let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
-            let candle = QMatMul::from_qtensor(q)
-                .unwrap()
-                .forward(&xt)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let candle = values(QMatMul::from_qtensor(q).unwrap().forward(&xt));
             let wd = Tensor::from_vec(w.dequantize(), (rows, cols), &Device::Cpu).unwrap();
-            let dense = xt
-                .matmul(&wd.t().unwrap())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let dense = values(xt.matmul(&wd.t().unwrap()));
             for &k in &kernels {
                 let ours = w.matmul(&x, m, k);
                 // Same integer sums as candle's scalar path; only f32 rounding differs
@@ -338,13 +329,7 @@ mod tests {
         let rows = DENSE_MIN_ROWS + 1;
         let x = random(&mut rng, rows * 64);
         let xt = Tensor::from_vec(x.clone(), (rows, 64), &Device::Cpu).unwrap();
-        let dense = w
-            .forward(&xt)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let dense = values(w.forward(&xt));
         assert_eq!(dense.len(), rows * 4);
         assert!(max_rel_err(&w.matmul(&x, rows, Kernel::Portable), &dense) < 3e-2);
         assert!(QuantMatrix::from_q4_1_bytes(&[0; 19], 1, 32).is_err());
