@@ -34,6 +34,7 @@ HOSTS = {
         "state": "/var/lib/wick",
         "cache": "/var/cache/wick",
         "log": "/var/log/wick",
+        "units": "/etc/systemd/system",
         "service": "wick",
         "user": "wick",
         "port": 8000,
@@ -46,6 +47,7 @@ HOSTS = {
         "state": f"{ALT}/state",
         "cache": f"{ALT}/cache",
         "log": f"{ALT}/log",
+        "units": f"{ALT}/systemd",
         "service": "wick-test",
         "user": "wick-test",
         "port": 8200,
@@ -127,7 +129,7 @@ def cleanup():
         supervisorctl("update")  # removes the groups whose files are gone (stops them)
     for h in HOSTS.values():
         for path in [h["prefix"], h["config"], h["state"], h["cache"], h["log"],
-                     f"/etc/systemd/system/{h['service']}@.service"]:
+                     f"{h['units']}/{h['service']}@.service"]:
             if os.path.islink(path) or os.path.isfile(path):
                 os.remove(path)
             elif os.path.isdir(path):
@@ -400,7 +402,8 @@ def write_inventory(tmp, ssh_port, client_key, model):
                 "node-b": {
                     "wick_prefix": b["prefix"], "wick_config_dir": b["config"],
                     "wick_state_dir": b["state"], "wick_cache_dir": b["cache"],
-                    "wick_log_dir": b["log"], "wick_service_name": b["service"],
+                    "wick_log_dir": b["log"], "wick_systemd_unit_dir": b["units"],
+                    "wick_service_name": b["service"],
                     "wick_user": b["user"], "wick_port": b["port"],
                     "wick_host": "0.0.0.0",
                     "wick_api_keys": "{{ vault_wick_api_keys }}",

@@ -137,7 +137,7 @@ def scenarios(args, tmp):
             check(user == h["user"], f"{h['service']} runs as {user}, want {h['user']}")
             env = os.stat(os.path.join(h["config"], "env"))
             check(env.st_mode & 0o777 == 0o600 and env.st_uid == 0, f"{h['config']}/env: mode {oct(env.st_mode)}")
-            check(os.path.exists(f"/etc/systemd/system/{h['service']}@.service"), f"no {h['service']}@.service")
+            check(os.path.exists(f"{h['units']}/{h['service']}@.service"), f"no {h['service']}@.service")
         check(chat(b, key=None)[0] == 401, "node-b answers without its API key")
         check("ssl-certfile" in open(os.path.join(b["config"], "wick.toml")).read(), "node-b: no TLS in wick.toml")
         check("WICK_API_KEY='" + b["key"] in open(os.path.join(b["config"], "env")).read(), "node-b: key not in env")
