@@ -35,6 +35,7 @@ HOSTS = {
         "cache": "/var/cache/wick",
         "log": "/var/log/wick",
         "units": "/etc/systemd/system",
+        "served": "smollm2",
         "service": "wick",
         "user": "wick",
         "port": 8000,
@@ -48,6 +49,7 @@ HOSTS = {
         "cache": f"{ALT}/cache",
         "log": f"{ALT}/log",
         "units": f"{ALT}/systemd",
+        "served": "tiny",  # a tiny Llama-3 fixture with two LoRA adapters
         "service": "wick-test",
         "user": "wick-test",
         "port": 8200,
@@ -93,6 +95,8 @@ def prerequisites(ansible_bin):
         ("/usr/bin/setpriv", "apt-get install -y util-linux"),
         ("/usr/bin/python3", "apt-get install -y python3"),
         ("/usr/bin/openssl", "apt-get install -y openssl"),
+        ("/usr/bin/readelf", "apt-get install -y binutils"),
+        ("/usr/bin/strip", "apt-get install -y binutils"),
         (os.path.join(ansible_bin, "ansible-playbook"), "scripts/ansible-venv.sh"),
     ]:
         if not os.path.exists(path):
@@ -356,9 +360,9 @@ def release_of(h):
     return body.get("release")
 
 
-def chat(h, key="default"):
+def chat(h, key="default", model=None):
     key = h["key"] if key == "default" else key
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    body = {"model": model or h["served"], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     return http(h, "/v1/chat/completions", body, key=key)
 
 
@@ -367,6 +371,13 @@ def pid(h):
     out = r.stdout.strip()
     check(re.fullmatch(r"\d+", out) is not None and out != "0", f"no running {h['service']}-0: {out}")
     return int(out)
+
+
+def process_user(p):
+    """The name of the user process p runs as (its real uid)."""
+    with open(f"/proc/{p}/status") as f:
+        uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+    return pwd.getpwuid(uid).pw_name
 
 
 def current(h):
@@ -393,7 +404,10 @@ def assert_serving(h, release):
 # ---------------------------------------------------------------------------------------
 
 
-def write_inventory(tmp, ssh_port, client_key, model):
+def write_inventory(tmp, ssh_port, client_key, model, tiny):
+    """node-a: SmolLM2 (`model`) with the role's defaults. node-b: the tiny Llama-3 fixture
+    directory `tiny` and two of its LoRA adapters, one copied from the controller and one
+    used in place, with everything overridden."""
     b = HOSTS["node-b"]
     inv = {
         "wick": {
@@ -410,6 +424,12 @@ def write_inventory(tmp, ssh_port, client_key, model):
                     "wick_hf_token": "{{ vault_wick_hf_token }}",
                     "wick_ssl_certfile": f"{b['tls']}/cert.pem",
                     "wick_ssl_keyfile": f"{b['tls']}/key.pem",
+                    "wick_model": tiny,
+                    "wick_served_model_name": b["served"],
+                    "wick_lora_adapters": [
+                        {"name": "all-r8", "src": f"{tiny}/adapters/all-r8"},
+                        {"name": "qv", "path": f"{tiny}/adapters/qv-r4-rslora"},
+                    ],
                 },
             },
             "vars": {
@@ -419,7 +439,7 @@ def write_inventory(tmp, ssh_port, client_key, model):
                 "ansible_ssh_private_key_file": client_key,
                 "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
                 "wick_model": model,
-                "wick_served_model_name": "smollm2",
+                "wick_served_model_name": HOSTS["node-a"]["served"],
                 # f32 weights: the debug build's quantized matmul is too slow for a smoke
                 # request on 2 cores.
                 "wick_serve_flags": {"kv-cache-memory": "256MiB", "quantization": "none"},

@@ -6,7 +6,8 @@ in a temp dir), and an inventory of two hosts on it: node-a with the role's defa
 (/opt/wick, /etc/wick, service `wick`, user `wick`, port 8000) and node-b with every path,
 the service name, the user and the port overridden (under /srv/wick-deploy-test, service
 `wick-test`, port 8200, bound to 0.0.0.0 behind an API key from the example vault, over
-HTTPS with a self-signed certificate made here). There
+HTTPS with a self-signed certificate made here, serving the tiny Llama-3 fixture with two
+LoRA adapters, one copied from the controller). There
 is no systemd as PID 1 here, so the role runs wick under supervisord (Debian's
 `supervisor`), and checks its systemd units with systemd-analyze verify.
 
@@ -22,8 +23,9 @@ wick_keep_releases. Everything installed is removed at the end, also on failure,
 the start (leftovers of an interrupted run).
 
 Usage: deploy/tests/run.py --wick target/debug/wick --model <SmolLM2 gguf>
+         --tiny-model ../shared/fixtures/tiny/llama3-tied
          [--ansible-bin .cache/ansible-venv/bin] [--keep]
-Needs root, openssh-server, supervisor, systemd (for systemd-analyze), util-linux
+Needs root, openssh-server, supervisor, systemd (for systemd-analyze), openssl, util-linux
 (setpriv), and Ansible (scripts/ansible-venv.sh). Prints `deploy checks passed`.
 """
 
@@ -50,16 +52,17 @@ from harness import (  # noqa: E402 (deploy/tests/harness.py)
     cleanup,
     craft_release,
     failure_message,
+    http,
     lint,
     log,
     make_certificate,
     pid,
     port_open,
     prerequisites,
+    process_user,
     recap,
     release_of,
     releases,
-    run,
     start_sshd,
     supervisorctl,
     supervisord_running,
@@ -76,7 +79,7 @@ def scenarios(args, tmp):
         os.makedirs(rel_dir)
         vault_pw = os.path.join(EXAMPLES, "vault-password.example")
         HOSTS["node-b"]["key"] = vault_key(args.ansible_bin, vault_pw)
-        inventory = write_inventory(tmp, ssh_port, client_key, args.model)
+        inventory = write_inventory(tmp, ssh_port, client_key, args.model, args.tiny_model)
         make_certificate(HOSTS["node-b"]["tls"])
         ansible = Ansible(args.ansible_bin, tmp, inventory, vault_pw)
         a, b = HOSTS["node-a"], HOSTS["node-b"]
@@ -133,15 +136,21 @@ def scenarios(args, tmp):
         ansible.playbook(tar_a, *no_gpu, "-e", "wick_serial=2", what="deploy A (both hosts in one batch)")
         for h in (a, b):
             assert_serving(h, "A")
-            user = run(["ps", "-o", "user=", "-p", str(pid(h))]).stdout.strip()
+            user = process_user(pid(h))
             check(user == h["user"], f"{h['service']} runs as {user}, want {h['user']}")
             env = os.stat(os.path.join(h["config"], "env"))
             check(env.st_mode & 0o777 == 0o600 and env.st_uid == 0, f"{h['config']}/env: mode {oct(env.st_mode)}")
             check(os.path.exists(f"{h['units']}/{h['service']}@.service"), f"no {h['service']}@.service")
         check(chat(b, key=None)[0] == 401, "node-b answers without its API key")
         check("ssl-certfile" in open(os.path.join(b["config"], "wick.toml")).read(), "node-b: no TLS in wick.toml")
+        status, models = http(b, "/v1/models", key=b["key"])
+        adapters = {m["id"]: m.get("parent") for m in (models or {}).get("data", [])}
+        check(status == 200 and adapters.get("all-r8") == "tiny" and adapters.get("qv") == "tiny",
+              f"node-b: /v1/models {status} {models}: want adapters all-r8 and qv of tiny")
+        check(os.path.isfile(f"{b['state']}/adapters/all-r8/adapter_model.safetensors"), "all-r8 not copied")
+        check(chat(b, model="all-r8")[0] == 200, "node-b: no chat completion through adapter all-r8")
         check("WICK_API_KEY='" + b["key"] in open(os.path.join(b["config"], "env")).read(), "node-b: key not in env")
-        log("deploy A: both hosts ready, chat completions answer, /version A")
+        log("deploy A: both hosts ready, chat completions answer, /version A; node-b over HTTPS, behind its key, with both adapters")
 
         # 3. Upgrade to B, one host at a time (the default), keeping 1 release: A goes.
         pids = {n: pid(h) for n, h in HOSTS.items()}
@@ -207,11 +216,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--wick", required=True, help="the wick binary to pack as releases")
     p.add_argument("--model", required=True, help="SmolLM2 GGUF (scripts/fetch-test-model.sh)")
+    p.add_argument("--tiny-model", required=True,
+                   help="the tiny Llama-3 fixture with LoRA adapters (../shared/fixtures/tiny/llama3-tied)")
     p.add_argument("--ansible-bin", default=os.path.join(ROOT, ".cache/ansible-venv/bin"))
     p.add_argument("--keep", action="store_true", help="leave the installed paths and the temp dir")
     args = p.parse_args()
     args.wick = os.path.abspath(args.wick)
     args.model = os.path.abspath(args.model)
+    args.tiny_model = os.path.abspath(args.tiny_model)
     t0 = time.time()
     try:
         prerequisites(args.ansible_bin)

@@ -5,8 +5,9 @@
 //! host stays untouched, a SIGKILL answered by the supervisor, a second run that changes
 //! nothing. It installs to /opt/wick, /etc/wick and friends and removes them after.
 //!
-//! Needs root, openssh-server, supervisor, systemd (systemd-analyze) and the Ansible venv
-//! (scripts/ansible-venv.sh); a missing one fails the test saying how to install it.
+//! Needs root, openssh-server, supervisor, systemd (systemd-analyze), openssl, binutils
+//! and the Ansible venv (scripts/ansible-venv.sh); a missing one fails the test saying how
+//! to install it.
 
 use std::process::Command;
 use std::time::Instant;
@@ -29,6 +30,8 @@ fn ansible_role_deploys_upgrades_rolls_back_and_is_idempotent() {
         .arg(env!("CARGO_BIN_EXE_wick"))
         .arg("--model")
         .arg(wick_test_support::smollm2_gguf())
+        .arg("--tiny-model")
+        .arg(wick_test_support::tiny::tiny_dir().join("llama3-tied"))
         .arg("--ansible-bin")
         .arg(&ansible_bin)
         .output()
