@@ -63,6 +63,7 @@ from harness import (  # noqa: E402 (deploy/tests/harness.py)
     recap,
     release_of,
     releases,
+    run,
     start_sshd,
     supervisorctl,
     supervisord_running,
@@ -205,6 +206,10 @@ def scenarios(args, tmp):
         log(f"second run of B: changed=0 on both, same pids ({rc})")
 
     finally:
+        # Ansible's SSH connection masters (ControlPersist) would outlive the test a minute.
+        cp = os.path.join(tmp, "cp")
+        for sock in os.listdir(cp) if os.path.isdir(cp) else []:
+            run(["ssh", "-o", f"ControlPath={os.path.join(cp, sock)}", "-O", "exit", "wick-deploy-test"])
         ssh_proc.terminate()
         try:
             ssh_proc.wait(10)
