@@ -30,6 +30,7 @@ Needs root, openssh-server, supervisor, systemd (for systemd-analyze), openssl, 
 """
 
 import argparse
+import fcntl
 import os
 import signal
 import shutil
@@ -235,6 +236,13 @@ def main():
     except Failed as e:
         print(f"deploy test: {e}", file=sys.stderr)
         return 2
+    # One deploy test at a time on a machine: they share /opt/wick, ports, supervisord.
+    lock = open("/run/wick-deploy-test.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log("another deploy test runs on this machine: waiting for it to finish")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     started_supervisord = not supervisord_running()
     cleanup()
     tmp = tempfile.mkdtemp(prefix="wick-deploy-test-")
