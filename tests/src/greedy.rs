@@ -14,6 +14,9 @@ pub struct GeneratedToken {
     pub logprob: f32,
 }
 
+/// A step's most likely `(id, logprob)`, best first.
+pub type TopTokens = Vec<(u32, f32)>;
+
 /// Generates up to `max_tokens` greedily after `prompt`, stopping after any of
 /// `stop_ids`. Uses blocks `0..` of `cache`; prefill runs in chunks of `chunk` tokens.
 pub fn generate(
@@ -24,6 +27,21 @@ pub fn generate(
     stop_ids: &[u32],
     chunk: usize,
 ) -> Result<Vec<GeneratedToken>> {
+    let out = generate_top(model, cache, prompt, max_tokens, stop_ids, chunk, 0)?;
+    Ok(out.into_iter().map(|(t, _)| t).collect())
+}
+
+/// As [`generate`], and with each token the `k` most likely `(id, logprob)` of its step,
+/// best first (the token itself first, ties to the lower id).
+pub fn generate_top(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    max_tokens: usize,
+    stop_ids: &[u32],
+    chunk: usize,
+    k: usize,
+) -> Result<Vec<(GeneratedToken, TopTokens)>> {
     if prompt.is_empty() {
         return Err(ModelError::invalid("prompt", "empty"));
     }
@@ -70,16 +88,34 @@ pub fn generate(
                         best
                     }
                 });
-        out.push(GeneratedToken {
-            id: id as u32,
-            logprob,
-        });
+        out.push((
+            GeneratedToken {
+                id: id as u32,
+                logprob,
+            },
+            top_k(&lp, k),
+        ));
         tokens.push(id as u32);
         if stop_ids.contains(&(id as u32)) {
             break;
         }
     }
     Ok(out)
+}
+
+/// The `k` largest values of `lp` with their indices, largest first (ties to the lower
+/// index).
+fn top_k(lp: &[f32], k: usize) -> TopTokens {
+    let k = k.min(lp.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let by_value = |a: &usize, b: &usize| lp[*b].total_cmp(&lp[*a]).then(a.cmp(b));
+    let mut idx: Vec<usize> = (0..lp.len()).collect();
+    idx.select_nth_unstable_by(k - 1, by_value);
+    idx.truncate(k);
+    idx.sort_by(by_value);
+    idx.into_iter().map(|i| (i as u32, lp[i])).collect()
 }
 
 /// Log-softmax over the last dimension, in f32.
