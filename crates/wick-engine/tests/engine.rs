@@ -293,3 +293,193 @@ fn a_logits_processor_confines_every_completion_of_a_request() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 24);
     engine.shutdown();
 }
+
+/// A scripted grammar: constrains nothing, forces `forced` after the first sampled
+/// token, and ends the sequence once `end_after` tokens are accepted.
+struct Scripted {
+    forced: Vec<u32>,
+    end_after: Option<usize>,
+    accepted: usize,
+    gave_forced: bool,
+}
+
+impl wick_engine::LogitsProcessor for Scripted {
+    fn constraint(&mut self, _generated: &[u32]) -> wick_engine::SamplingConstraint {
+        wick_engine::SamplingConstraint::default()
+    }
+
+    fn accept(&mut self, _token: u32) {
+        self.accepted += 1;
+    }
+
+    fn forced(&mut self) -> Vec<u32> {
+        if self.accepted == 1 && !self.gave_forced {
+            self.gave_forced = true;
+            self.accepted += self.forced.len();
+            return self.forced.clone();
+        }
+        vec![]
+    }
+
+    fn ended(&self) -> Option<String> {
+        (self.end_after)
+            .filter(|&n| self.accepted >= n)
+            .map(|n| format!("scripted end after {n}"))
+    }
+}
+
+fn scripted(
+    forced: Vec<u32>,
+    end_after: Option<usize>,
+) -> std::sync::Arc<dyn wick_engine::LogitsProcessorFactory> {
+    std::sync::Arc::new(
+        move |_index: usize,
+              _prompt: &[u32]|
+              -> Result<Box<dyn wick_engine::LogitsProcessor>, wick_core::WickError> {
+            Ok(Box::new(Scripted {
+                forced: forced.clone(),
+                end_after,
+                accepted: 0,
+                gave_forced: false,
+            }))
+        },
+    )
+}
+
+#[test]
+fn forced_tokens_are_appended_and_their_kv_is_computed_with_the_next_chunk() {
+    let engine = start(|_| EngineConfig::default());
+    let prompt = golden_cases()[0].prompt_token_ids.clone();
+    // " The answer is" in SmolLM2's vocabulary: any ids would do.
+    let forced = vec![378u32, 3065, 314];
+    let request = EngineRequest::new(
+        prompt.clone(),
+        SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(10)
+        },
+    )
+    .with_logits_processor(scripted(forced.clone(), None));
+    let got = collect(engine.submit(request).expect("submit"), 1);
+    let tokens = &got.tokens[0];
+    assert_eq!(tokens.len(), 10, "{tokens:?}");
+    assert_eq!(&tokens[1..4], &forced[..], "{tokens:?}");
+    assert_eq!(got.finish[0], Some(FinishReason::Length));
+    assert_eq!(got.metrics.expect("metrics").generation_tokens, 10);
+
+    // What follows the forced tokens is what the model says after them: their KV was
+    // computed as if they had been part of a prompt.
+    let mut extended = prompt;
+    extended.extend(&tokens[..4]);
+    let free = EngineRequest::new(
+        extended,
+        SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(6)
+        },
+    );
+    let after = collect(engine.submit(free).expect("submit"), 1);
+    assert_eq!(
+        after.tokens[0],
+        tokens[4..],
+        "continuation after forced tokens"
+    );
+    engine.shutdown();
+}
+
+#[test]
+fn a_logits_processor_can_end_a_sequence_with_stop() {
+    let engine = start(|_| EngineConfig::default());
+    let request = EngineRequest::new(
+        golden_cases()[1].prompt_token_ids.clone(),
+        SamplingParams {
+            n: 2,
+            ignore_eos: true,
+            ..SamplingParams::greedy(20)
+        },
+    )
+    .with_logits_processor(scripted(vec![], Some(3)));
+    let got = collect(engine.submit(request).expect("submit"), 2);
+    for i in 0..2 {
+        assert_eq!(got.tokens[i].len(), 3, "{:?}", got.tokens[i]);
+        assert_eq!(got.finish[i], Some(FinishReason::Stop));
+    }
+    // Forced tokens count towards the end too: 1 sampled + 4 forced ends at 5.
+    let request = EngineRequest::new(
+        golden_cases()[1].prompt_token_ids.clone(),
+        SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(20)
+        },
+    )
+    .with_logits_processor(scripted(vec![11, 12, 13, 14], Some(5)));
+    let got = collect(engine.submit(request).expect("submit"), 1);
+    assert_eq!(got.tokens[0].len(), 5, "{:?}", got.tokens[0]);
+    assert_eq!(&got.tokens[0][1..], &[11, 12, 13, 14]);
+    assert_eq!(got.finish[0], Some(FinishReason::Stop));
+    let stats = wait_for(&engine, |s| s.num_running == 0 && s.num_waiting == 0);
+    assert_eq!(stats.num_used_blocks, 0, "blocks leaked: {stats:?}");
+    engine.shutdown();
+}
+
+#[test]
+fn constrained_requests_in_the_batch_leave_free_requests_greedy_tokens_alone() {
+    let engine = start(|_| EngineConfig {
+        max_num_seqs: 16,
+        ..EngineConfig::default()
+    });
+    let vocab = engine.info().vocab_size;
+    let cases = golden_cases();
+    let mut constrained = vec![];
+    let mut free = vec![];
+    for (i, c) in cases.iter().enumerate() {
+        // Interleaved: a constrained request (sampled, masked, with forced tokens)
+        // between free greedy ones.
+        let allowed: Vec<u32> = (0..64)
+            .map(|k| (k * 97 + i as u32 * 13) % vocab as u32)
+            .collect();
+        let factory = move |_index: usize,
+                            _prompt: &[u32]|
+              -> Result<
+            Box<dyn wick_engine::LogitsProcessor>,
+            wick_core::WickError,
+        > {
+            Ok(Box::new(OnlyTokens {
+                allowed: wick_engine::TokenBitset::from_tokens(vocab, allowed.clone()),
+                accepted: Default::default(),
+            }))
+        };
+        let masked = EngineRequest::new(
+            c.prompt_token_ids.clone(),
+            SamplingParams {
+                temperature: 1.0,
+                seed: Some(i as u64),
+                ignore_eos: true,
+                ..SamplingParams::greedy(24)
+            },
+        )
+        .with_logits_processor(std::sync::Arc::new(factory));
+        constrained.push(engine.submit(masked).expect("submit"));
+        let forcing = EngineRequest::new(
+            c.prompt_token_ids.clone(),
+            SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(16)
+            },
+        )
+        .with_logits_processor(scripted(vec![100, 200, 300], Some(12)));
+        constrained.push(engine.submit(forcing).expect("submit"));
+        let req = EngineRequest::new(
+            c.prompt_token_ids.clone(),
+            SamplingParams::greedy(c.max_tokens),
+        );
+        free.push((c, engine.submit(req).expect("submit")));
+    }
+    for (case, stream) in free {
+        assert_ids_match_golden(case, &collect(stream, 1).tokens[0]);
+    }
+    for stream in constrained {
+        assert!(!collect(stream, 1).tokens[0].is_empty());
+    }
+    engine.shutdown();
+}

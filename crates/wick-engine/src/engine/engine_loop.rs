@@ -26,8 +26,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wick_core::{ErrorKind, FinishReason, RequestId, TokenLogprobs, WickError};
 
-/// A step's sampled `(sequence, token)` pairs and each one's logprobs.
-type StepSamples = (Vec<(SeqId, u32)>, HashMap<SeqId, Option<TokenLogprobs>>);
+/// A step's sampled `(sequence, token)` pairs, each one's logprobs, and what a
+/// logits processor decided after it.
+type StepSamples = (
+    Vec<(SeqId, u32)>,
+    HashMap<SeqId, Option<TokenLogprobs>>,
+    HashMap<SeqId, AfterSample>,
+);
+
+/// What a sequence's logits processor decided after its sampled token: tokens forced
+/// to follow it, and whether (and why) the sequence ends there.
+#[derive(Debug, Default)]
+struct AfterSample {
+    forced: Vec<u32>,
+    ended: Option<String>,
+}
 
 /// The loop's state; lives on the engine thread.
 pub(crate) struct EngineLoop {
@@ -127,9 +140,44 @@ impl EngineLoop {
         if output.is_empty() {
             return;
         }
-        let logits = self.run_model(&output);
+        let logits = self.run_model_and_prepare(&output);
         self.postprocess(&output, logits);
         self.record_step(started);
+    }
+
+    /// [`Self::run_model`], while the next-token constraints of the constrained
+    /// sequences to sample (grammar masks) are computed on other threads, in parallel
+    /// over sequences: their cost hides behind the forward pass.
+    fn run_model_and_prepare(&mut self, output: &SchedulerOutput) -> Vec<Option<Vec<f32>>> {
+        let ids: Vec<SeqId> = (output.scheduled.iter())
+            .filter(|s| s.sample)
+            .filter(|s| (self.seq_states.get(&s.seq)).is_some_and(|st| st.has_processor()))
+            .map(|s| s.seq)
+            .collect();
+        let mut constrained: Vec<(SeqId, SeqSamplingState)> = (ids.into_iter())
+            .filter_map(|id| Some((id, self.seq_states.remove(&id)?)))
+            .collect();
+        if constrained.is_empty() {
+            return self.run_model(output);
+        }
+        let logits = std::thread::scope(|scope| {
+            let masks = scope.spawn(|| {
+                use rayon::prelude::*;
+                (constrained.par_iter_mut()).for_each(|(_, state)| state.prepare());
+            });
+            let logits = self.run_model(output);
+            if let Err(panic) = masks.join() {
+                std::panic::resume_unwind(panic);
+            }
+            logits
+        });
+        for (seq, state) in constrained {
+            // A request failed by the forward pass is gone: its states go with it.
+            if self.requests.contains_key(&seq.request) {
+                self.seq_states.insert(seq, state);
+            }
+        }
+        logits
     }
 
     /// Takes the commands that arrived, first waiting for one when idle. Returns false
@@ -365,11 +413,25 @@ impl EngineLoop {
     /// Samples, lets the scheduler apply the tokens and its stop rules, and forwards
     /// each token with its finish reason.
     fn postprocess(&mut self, output: &SchedulerOutput, logits: Vec<Option<Vec<f32>>>) {
-        let (sampled, mut logprobs) = self.sample(output, &logits);
+        let (sampled, mut logprobs, mut after) = self.sample(output, &logits);
         let now = Instant::now();
         for u in self.scheduler.update_from_output(output, &sampled) {
             let lp = logprobs.remove(&u.seq).flatten();
-            self.forward(u, lp, now);
+            let mut updates = vec![u];
+            if let (None, Some(a)) = (u.finish, after.remove(&u.seq)) {
+                updates.extend(self.scheduler.append_output(u.seq, &a.forced));
+                if let (Some(last), Some(why)) = (updates.last_mut(), a.ended) {
+                    if last.finish.is_none() {
+                        tracing::debug!(seq = %u.seq, reason = %why, "constraint ended the sequence");
+                        self.scheduler.finish(u.seq, FinishReason::Stop);
+                        last.finish = Some(FinishReason::Stop);
+                    }
+                }
+            }
+            let mut lp = lp;
+            for u in updates {
+                self.forward(u, lp.take(), now);
+            }
         }
         for seq in &output.preempted {
             if let Some(r) = self.requests.get_mut(&seq.request) {
@@ -382,6 +444,7 @@ impl EngineLoop {
     fn sample(&mut self, output: &SchedulerOutput, logits: &[Option<Vec<f32>>]) -> StepSamples {
         let mut sampled = Vec::new();
         let mut logprobs = HashMap::new();
+        let mut after = HashMap::new();
         for (s, row) in output.scheduled.iter().zip(logits) {
             let (true, Some(row)) = (s.sample, row) else {
                 continue;
@@ -394,11 +457,26 @@ impl EngineLoop {
                 continue;
             };
             let stop_ids = seq.stop().stop_ids();
-            let r = sample_row(row, request.params(), state, stop_ids, &mut self.scratch);
+            let params = request.params();
+            let r = sample_row(row, params, state, stop_ids, &mut self.scratch);
             sampled.push((s.seq, r.token));
             logprobs.insert(s.seq, r.logprobs);
+            if state.has_processor() {
+                // Forced tokens would have no logprobs of their own: with logprobs asked
+                // for, each is sampled (the mask allows only it) in its own step.
+                let wants_logprobs = params.logprobs || params.top_logprobs > 0;
+                let forced = if wants_logprobs {
+                    vec![]
+                } else {
+                    state.take_forced()
+                };
+                let ended = state.ended();
+                if !forced.is_empty() || ended.is_some() {
+                    after.insert(s.seq, AfterSample { forced, ended });
+                }
+            }
         }
-        (sampled, logprobs)
+        (sampled, logprobs, after)
     }
 
     /// Sends one appended token; a finished sequence's sampling state goes with it.

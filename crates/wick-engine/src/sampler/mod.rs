@@ -77,6 +77,9 @@ pub struct SeqSamplingState {
     /// The tokens generated so far, kept when a processor wants them.
     generated: Vec<u32>,
     processor: Option<Box<dyn LogitsProcessor>>,
+    /// The processor's constraint for the next token, computed ahead (while the forward
+    /// pass runs) by [`Self::prepare`].
+    prepared: Option<SamplingConstraint>,
 }
 
 impl std::fmt::Debug for SeqSamplingState {
@@ -109,6 +112,7 @@ impl SeqSamplingState {
             num_generated: 0,
             generated: Vec::new(),
             processor: None,
+            prepared: None,
         }
     }
 
@@ -118,20 +122,63 @@ impl SeqSamplingState {
         self
     }
 
-    /// The processor's constraint for the next token, if there is a processor.
-    pub fn constraint(&mut self) -> Option<SamplingConstraint> {
+    /// Whether a processor constrains this sequence.
+    pub fn has_processor(&self) -> bool {
+        self.processor.is_some()
+    }
+
+    /// Computes the processor's constraint for the next token now (the engine calls
+    /// this off its thread while the forward pass runs); [`Self::constraint`] then
+    /// returns it.
+    pub fn prepare(&mut self) {
+        if self.prepared.is_none() {
+            self.prepared = self.compute_constraint();
+        }
+    }
+
+    fn compute_constraint(&mut self) -> Option<SamplingConstraint> {
         let generated = &self.generated;
         (self.processor.as_mut()).map(|p| p.constraint(generated))
     }
 
+    /// The processor's constraint for the next token (prepared, or computed now), if
+    /// there is a processor.
+    pub fn constraint(&mut self) -> Option<SamplingConstraint> {
+        match self.prepared.take() {
+            Some(c) => Some(c),
+            None => self.compute_constraint(),
+        }
+    }
+
     /// Records a generated token (and tells the processor).
     pub fn push(&mut self, token: u32) {
+        self.prepared = None;
         *self.output_counts.entry(token).or_insert(0) += 1;
         self.num_generated += 1;
         if let Some(p) = &mut self.processor {
             p.accept(token);
             self.generated.push(token);
         }
+    }
+
+    /// The tokens the processor forces after the last one (see
+    /// [`LogitsProcessor::forced`]), recorded as generated; empty without a processor.
+    pub fn take_forced(&mut self) -> Vec<u32> {
+        let Some(p) = &mut self.processor else {
+            return Vec::new();
+        };
+        let forced = p.forced();
+        for &t in &forced {
+            *self.output_counts.entry(t).or_insert(0) += 1;
+            self.num_generated += 1;
+            self.generated.push(t);
+        }
+        forced
+    }
+
+    /// Why the processor ends the sequence here, if it does.
+    pub fn ended(&self) -> Option<String> {
+        self.processor.as_ref().and_then(|p| p.ended())
     }
 }
 

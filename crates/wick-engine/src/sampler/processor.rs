@@ -6,6 +6,15 @@
 //! its own state (e.g. a grammar's). Penalty state (token counts of the output, the
 //! prompt's tokens) lives beside it in [`super::SeqSamplingState`].
 //!
+//! Two more answers let a grammar drive a sequence beyond one token: after a token is
+//! accepted, [`LogitsProcessor::forced`] names the tokens that must follow (appended
+//! without sampling; their KV is computed with the sequence's next chunk), and
+//! [`LogitsProcessor::ended`] says the sequence must stop here (`finish_reason: stop`).
+//!
+//! The engine asks for the next constraint while the forward pass runs (off the engine
+//! thread, in parallel over sequences), so a processor must be `Send` and its
+//! `constraint` must not depend on anything but its own state.
+//!
 //! One processor serves one sequence (one of a request's `n` completions); a
 //! [`LogitsProcessorFactory`] given with the request makes one per completion.
 
@@ -100,6 +109,20 @@ pub trait LogitsProcessor: Send {
 
     /// The token sampled under the last constraint (it is now the last of the output).
     fn accept(&mut self, token: u32);
+
+    /// Tokens that must follow the last accepted one, already accepted by the
+    /// processor; the engine appends them without sampling. Asked after each
+    /// [`accept`](Self::accept) unless the request wants logprobs (forced tokens have
+    /// none of their own). Empty: sample the next token as usual.
+    fn forced(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    /// Why the sequence must end after the tokens accepted so far (the grammar is
+    /// complete and allows nothing more, or cannot continue); `None`: go on.
+    fn ended(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Makes the [`LogitsProcessor`] of each completion of a request.

@@ -299,6 +299,26 @@ impl Scheduler {
         updates
     }
 
+    /// Appends `tokens` decided without sampling (forced by a grammar) to running `seq`
+    /// after the token it sampled this step; their KV is computed with its next chunk.
+    /// Stop rules apply to each in turn: the first that finishes the sequence is the
+    /// last appended. Returns one update per appended token.
+    pub fn append_output(&mut self, seq: SeqId, tokens: &[u32]) -> Vec<SeqUpdate> {
+        let mut updates = Vec::new();
+        for &token in tokens {
+            let Some(s) = self.seqs.get_mut(&seq) else {
+                break; // finished
+            };
+            s.token_ids.push(token);
+            let finish = stop_reason(s, token, self.config.max_model_len);
+            updates.push(SeqUpdate { seq, token, finish });
+            if let Some(reason) = finish {
+                self.finish(seq, reason);
+            }
+        }
+        updates
+    }
+
     /// Finishes `seq` now (eos, stop token, abort...): frees its blocks and returns it
     /// with status `Finished(reason)`; `None` if it is not here (already finished).
     pub fn finish(&mut self, seq: SeqId, reason: FinishReason) -> Option<Sequence> {
