@@ -238,8 +238,8 @@ impl Responder {
                 let finish_reason = finish.as_str();
                 match self.endpoint {
                     Endpoint::Chat => {
-                        let (content, calls) = match self.tool_parser {
-                            Some((kind, max)) => ToolParser::parse_all(kind, max, &c.text),
+                        let (content, calls) = match &self.tool_parser {
+                            Some((kind, max)) => ToolParser::parse_all(kind.clone(), *max, &c.text),
                             None => (Some(c.text), vec![]),
                         };
                         let tool_calls: Vec<ToolCallBody> = calls
@@ -317,7 +317,7 @@ impl Responder {
         let mut offsets = vec![0usize; responder.num_choices];
         let mut parsers: Vec<Option<ToolParser>> = (0..responder.num_choices)
             .map(|_| {
-                let (kind, max) = responder.tool_parser?;
+                let (kind, max) = responder.tool_parser.clone()?;
                 (responder.endpoint == Endpoint::Chat).then(|| ToolParser::new(kind, max))
             })
             .collect();

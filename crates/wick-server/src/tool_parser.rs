@@ -1,17 +1,26 @@
-//! Tool calls parsed out of a model's text (`tool_choice: "auto"`), incrementally: text
-//! pieces go in as the detokenizer releases them, content deltas and tool-call deltas
-//! come out. Two formats: `hermes` (Qwen2.5/Qwen3: `<tool_call>{"name": ..,
-//! "arguments": {..}}</tool_call>`, several allowed, text around them is content) and
-//! `llama3_json` (the whole output is `{"name": .., "parameters"|"arguments": {..}}`,
-//! optionally after `<|python_tag|>`).
+//! Tool calls parsed out of a model's text, incrementally: text pieces go in as the
+//! detokenizer releases them, content deltas and tool-call deltas come out.
 //!
-//! Invariants: markup never reaches content; a call is reported once it is complete
-//! (its closing tag, or the end of the output), as a delta with id and name and then
-//! its arguments (a JSON string); anything malformed is given back as content, never a
-//! panic. Whitespace-only content next to tool calls is dropped. Feeding a text whole or
+//! `tool_choice: "auto"` has two formats: `hermes` (Qwen2.5/Qwen3: `<tool_call>{"name":
+//! .., "arguments": {..}}</tool_call>`, several allowed, text around them is content) and
+//! `llama3_json` (the whole output is `{"name": .., "parameters"|"arguments": {..}}`,
+//! optionally after `<|python_tag|>`). There a call is reported once it is complete (its
+//! closing tag, or the end of the output), as a delta with id and name and then its
+//! arguments (a JSON string); anything malformed is given back as content, never a panic;
+//! whitespace-only content next to tool calls is dropped.
+//!
+//! Grammar-constrained output has two more kinds, which stream: `JsonArray`
+//! (`tool_choice: "required"`: `[{"name": .., "parameters": {..}}, ..]`) and `Named`
+//! (a named tool choice: the output is the arguments object alone). A call is reported
+//! as soon as its name is known, then its arguments as they arrive (see
+//! [`ToolParserKind`]); they never give content, and never panic on any text.
+//!
+//! Invariant of all kinds: markup never reaches content, and feeding a text whole or
 //! split anywhere gives the same content and calls.
 
 use std::hash::{BuildHasher, Hasher};
+
+use json::{JsonState, Sink};
 
 const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
@@ -47,12 +56,30 @@ impl ToolCallParserArg {
 }
 
 /// A tool-call output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// For the streaming kinds (`JsonArray`, `Named`) a call's `arguments` is the JSON text
+/// of its arguments value as the model wrote it, less the whitespace outside strings
+/// (strings, escapes, key order and numbers untouched): `{ "a" : [1, 2] }` gives
+/// `{"a":[1,2]}`, whether the output is fed whole or in pieces. A call whose name was
+/// read but whose arguments never started (cut short, or no `parameters` key) gets `{}`;
+/// one cut inside its arguments keeps the text so far, which is then not valid JSON (the
+/// finish reason says `length`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolParserKind {
     /// `<tool_call>{...}</tool_call>`.
     Hermes,
     /// One JSON object, optionally after `<|python_tag|>`.
     Llama3Json,
+    /// `tool_choice: "required"`: `[{"name": "f", "parameters": {..}}, ..]`. A call is
+    /// reported when its `"name"` string is complete, then its `parameters` (or
+    /// `arguments`) value streams. Leniently: keys in any order (arguments read before
+    /// the name are held until it comes), other keys and non-object elements skipped, a
+    /// bare object without the array read as one call, text outside the array ignored,
+    /// an object without a non-empty string name dropped.
+    JsonArray,
+    /// A named tool choice: the whole output is the arguments of this function, reported
+    /// with the first non-whitespace text; text after the value is ignored.
+    Named(String),
 }
 
 /// A piece of one tool call: the first carries `id` and `name`, later ones argument
@@ -103,6 +130,8 @@ pub struct ToolParser {
     pending_ws: String,
     calls: usize,
     max_calls: Option<usize>,
+    /// `JsonArray` / `Named`: where the scanner is.
+    json: JsonState,
 }
 
 /// A fresh `call_<random>` id.
@@ -153,6 +182,7 @@ impl ToolParser {
             pending_ws: String::new(),
             calls: 0,
             max_calls,
+            json: JsonState::default(),
         }
     }
 
@@ -163,11 +193,20 @@ impl ToolParser {
 
     /// Feeds the next piece of text.
     pub fn push(&mut self, text: &str) -> ParsedDelta {
-        self.buf.push_str(text);
         let mut out = ParsedDelta::default();
         match self.kind {
-            ToolParserKind::Hermes => self.hermes(&mut out, false),
-            ToolParserKind::Llama3Json => self.llama3(&mut out, false),
+            ToolParserKind::Hermes => {
+                self.buf.push_str(text);
+                self.hermes(&mut out, false);
+            }
+            ToolParserKind::Llama3Json => {
+                self.buf.push_str(text);
+                self.llama3(&mut out, false);
+            }
+            ToolParserKind::JsonArray | ToolParserKind::Named(_) => {
+                let mut sink = Sink::new(&mut out, &mut self.calls, self.max_calls);
+                self.json.push(text, &self.kind, &mut sink);
+            }
         }
         out
     }
@@ -178,6 +217,10 @@ impl ToolParser {
         match self.kind {
             ToolParserKind::Hermes => self.hermes(&mut out, true),
             ToolParserKind::Llama3Json => self.llama3(&mut out, true),
+            ToolParserKind::JsonArray | ToolParserKind::Named(_) => {
+                let mut sink = Sink::new(&mut out, &mut self.calls, self.max_calls);
+                self.json.finish(&mut sink);
+            }
         }
         if self.calls == 0 {
             out.content.push_str(&std::mem::take(&mut self.pending_ws));
@@ -337,6 +380,9 @@ pub fn collect_calls(deltas: &[ToolCallDelta]) -> Vec<ToolCall> {
     }
     calls
 }
+
+#[path = "tool_parser_json.rs"]
+mod json;
 
 #[cfg(test)]
 #[path = "tool_parser_tests.rs"]

@@ -1,5 +1,7 @@
-//! Unit tests of [`super`]: both formats on whole outputs, the same outputs fed split at
-//! every byte, and malformed outputs (content, never a panic).
+//! Unit tests of [`super`]: the `auto` formats on whole outputs, the same outputs fed
+//! split at every byte, and malformed outputs (content, never a panic); the streaming
+//! (constrained) kinds with the name reported early, arguments joined across any split
+//! equal to the whole parse, truncated, garbage and random outputs.
 
 use super::*;
 
@@ -42,10 +44,14 @@ fn split(kind: ToolParserKind, text: &str, at: usize) -> (Option<String>, Vec<(S
 }
 
 fn check_every_split(kind: ToolParserKind, text: &str) -> (Option<String>, Vec<(String, String)>) {
-    let want = whole(kind, text);
+    let want = whole(kind.clone(), text);
     for at in 0..=text.len() {
         if text.is_char_boundary(at) {
-            assert_eq!(split(kind, text, at), want, "split at {at} of {text:?}");
+            assert_eq!(
+                split(kind.clone(), text, at),
+                want,
+                "split at {at} of {text:?}"
+            );
         }
     }
     let mut p = ToolParser::new(kind, None);
@@ -150,7 +156,7 @@ fn llama3_json_calls() {
         "<|python_tag|>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}",
         "  {\"name\": \"get_weather\", \"parameters\": \"{\\\"city\\\": \\\"Oslo\\\"}\"}\n",
     ] {
-        assert_eq!(check_every_split(k, text), want, "{text:?}");
+        assert_eq!(check_every_split(k.clone(), text), want, "{text:?}");
     }
 }
 
@@ -166,7 +172,7 @@ fn llama3_json_plain_and_malformed_are_content() {
         "<|pyth",
         "  ",
     ] {
-        let (content, calls) = check_every_split(k, text);
+        let (content, calls) = check_every_split(k.clone(), text);
         assert!(calls.is_empty(), "{text:?}");
         assert_eq!(content.as_deref(), Some(text), "{text:?}");
     }
@@ -186,4 +192,296 @@ fn auto_picks_from_the_template() {
         ToolCallParserArg::Llama3Json.resolve(None),
         Some(ToolParserKind::Llama3Json)
     );
+}
+
+/// A small deterministic generator (xorshift64), for random splits and texts.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// A streaming kind's calls from `pieces`, checking on the way: never content; calls
+/// numbered in order, each first reported with id and name and no arguments, then only
+/// argument pieces of the latest call; `calls()` counts them.
+fn stream(kind: &ToolParserKind, max: Option<usize>, pieces: &[&str]) -> Vec<(String, String)> {
+    let mut p = ToolParser::new(kind.clone(), max);
+    let mut deltas = vec![];
+    for piece in pieces {
+        let d = p.push(piece);
+        assert!(d.content.is_empty(), "{pieces:?}");
+        deltas.extend(d.tool_calls);
+    }
+    let d = p.finish();
+    assert!(d.content.is_empty(), "{pieces:?}");
+    deltas.extend(d.tool_calls);
+    let mut seen = 0;
+    for d in &deltas {
+        assert_eq!(d.id.is_some(), d.name.is_some());
+        if d.id.is_some() {
+            assert_eq!((d.index, d.arguments.as_str()), (seen, ""), "{pieces:?}");
+            seen += 1;
+        } else {
+            assert_eq!(d.index + 1, seen, "{pieces:?}");
+        }
+    }
+    assert_eq!(p.calls(), seen);
+    let calls = collect_calls(&deltas);
+    assert!(calls.iter().all(|c| c.id.starts_with("call_")));
+    calls.into_iter().map(|c| (c.name, c.arguments)).collect()
+}
+
+/// The whole parse of `text` (no content), after checking that the same text fed in two
+/// pieces at every char boundary, a char at a time, and cut at random places gives the
+/// same calls.
+fn check_streaming(kind: &ToolParserKind, max: Option<usize>, text: &str) -> Vec<(String, String)> {
+    let (content, calls) = ToolParser::parse_all(kind.clone(), max, text);
+    assert_eq!(content, None, "{text:?}");
+    let want: Vec<_> = calls.into_iter().map(|c| (c.name, c.arguments)).collect();
+    let bounds: Vec<usize> = (0..=text.len())
+        .filter(|&i| text.is_char_boundary(i))
+        .collect();
+    for &at in &bounds {
+        let got = stream(kind, max, &[&text[..at], &text[at..]]);
+        assert_eq!(got, want, "split at {at} of {text:?}");
+    }
+    let chars: Vec<String> = text.chars().map(String::from).collect();
+    let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
+    assert_eq!(stream(kind, max, &chars), want, "{text:?} char by char");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ text.len() as u64);
+    for _ in 0..20 {
+        let mut cuts: Vec<usize> = (0..1 + rng.below(8))
+            .map(|_| bounds[rng.below(bounds.len())])
+            .collect();
+        cuts.extend([0, text.len()]);
+        cuts.sort_unstable();
+        let pieces: Vec<&str> = cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+        assert_eq!(stream(kind, max, &pieces), want, "{text:?} cut at {cuts:?}");
+    }
+    want
+}
+
+fn named(name: &str) -> ToolParserKind {
+    ToolParserKind::Named(name.into())
+}
+
+#[test]
+fn required_calls_are_the_same_whole_and_split() {
+    let text = "\n[\n  {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\", \"days\": [1, 2.5e3, -3], \"unit\": null, \"ok\": true}},\n  {\"name\":\"get_time\",\"parameters\":{}}\n]\n";
+    assert_eq!(
+        check_streaming(&ToolParserKind::JsonArray, None, text),
+        vec![
+            call(
+                "get_weather",
+                r#"{"city":"Paris","days":[1,2.5e3,-3],"unit":null,"ok":true}"#
+            ),
+            call("get_time", "{}"),
+        ]
+    );
+}
+
+#[test]
+fn required_reports_the_name_then_streams_the_arguments() {
+    let mut p = ToolParser::new(ToolParserKind::JsonArray, None);
+    let mut push = |text: &str| -> Vec<(usize, Option<String>, String)> {
+        let d = p.push(text);
+        assert!(d.content.is_empty());
+        d.tool_calls
+            .into_iter()
+            .map(|t| (t.index, t.name, t.arguments))
+            .collect()
+    };
+    let head = |i, name: &str| (i, Some(name.to_string()), String::new());
+    let args = |i, a: &str| (i, None, a.to_string());
+    assert_eq!(push("  [{\"na"), vec![]);
+    assert_eq!(push("me\": \"get_"), vec![]);
+    assert_eq!(push("weather\", \"param"), vec![head(0, "get_weather")]);
+    assert_eq!(push("eters\": {\"ci"), vec![args(0, "{\"ci")]);
+    assert_eq!(push("ty\": \"Pa"), vec![args(0, "ty\":\"Pa")]);
+    assert_eq!(
+        push("ris\"}}, {\"name\": \"f\""),
+        vec![args(0, "ris\"}"), head(1, "f")]
+    );
+    assert_eq!(push("}]"), vec![args(1, "{}")]);
+    assert_eq!(push(" [{\"name\": \"g\"}]"), vec![]);
+    assert_eq!(p.finish(), ParsedDelta::default());
+    assert_eq!(p.calls(), 2);
+}
+
+#[test]
+fn required_holds_arguments_read_before_the_name() {
+    let k = ToolParserKind::JsonArray;
+    let text = "[{\"parameters\": {\"q\": \"x y\"}, \"name\": \"search\"}]";
+    assert_eq!(
+        check_streaming(&k, None, text),
+        vec![call("search", r#"{"q":"x y"}"#)]
+    );
+    let mut p = ToolParser::new(k, None);
+    assert_eq!(p.push(&text[..30]), ParsedDelta::default());
+    let d = p.push(&text[30..]);
+    assert_eq!(d.tool_calls.len(), 2);
+    assert_eq!(d.tool_calls[0].name.as_deref(), Some("search"));
+    assert_eq!(d.tool_calls[1].arguments, r#"{"q":"x y"}"#);
+}
+
+#[test]
+fn required_skips_other_keys_and_reads_escapes() {
+    let k = ToolParserKind::JsonArray;
+    // Extra keys whose values hold brackets and quotes; `arguments` as the alias; the
+    // first name and the first arguments win.
+    let text = r#"[{"id": {"n": "}\"]{"}, "name": "f", "type": ["]", {}], "arguments": {"a": "[{\"}"}, "parameters": {"b": 2}, "name": "g"}]"#;
+    assert_eq!(
+        check_streaming(&k, None, text),
+        vec![call("f", r#"{"a":"[{\"}"}"#)]
+    );
+    // Escapes in the name are decoded; in the arguments kept as written.
+    let text = "[{\"name\": \"m\\u00e9t\\\"eo\", \"parameters\": {\"ville\": \"Zürich 🌧 \", \"e\": \"\\u00e9\\n\\\\\"}}]";
+    assert_eq!(
+        check_streaming(&k, None, text),
+        vec![call(
+            "mét\"eo",
+            "{\"ville\":\"Zürich 🌧 \",\"e\":\"\\u00e9\\n\\\\\"}"
+        )]
+    );
+}
+
+#[test]
+fn required_truncated_output_keeps_what_was_read() {
+    let k = ToolParserKind::JsonArray;
+    for (text, want) in [
+        (
+            "[{\"name\": \"f\", \"parameters\": {\"city\": \"Par",
+            vec![call("f", r#"{"city":"Par"#)],
+        ),
+        ("[{\"name\": \"f\"", vec![call("f", "{}")]),
+        ("[{\"name\": \"f\", \"param", vec![call("f", "{}")]),
+        ("[{\"name\": \"f\", \"parameters\": 12", vec![call("f", "12")]),
+        (
+            "[{\"name\": \"f\", \"parameters\": {\"a\": 1}}, {\"name\": \"g\", \"parameters\": {\"b\": [",
+            vec![call("f", r#"{"a":1}"#), call("g", r#"{"b":["#)],
+        ),
+        ("[{\"name\": \"f", vec![]),
+        ("[{\"parameters\": {\"a\": 1}", vec![]),
+        ("[", vec![]),
+    ] {
+        assert_eq!(check_streaming(&k, None, text), want, "{text:?}");
+    }
+}
+
+#[test]
+fn required_garbage_and_empty_give_no_calls() {
+    let k = ToolParserKind::JsonArray;
+    for text in [
+        "",
+        "  \n",
+        "hello",
+        "]}{[",
+        "[1, \"x{\", [{\"name\": \"no\"}], true]",
+        "[{\"name\": 3, \"parameters\": {}}, {\"name\": \"\"}, {\"name\": null}, {}]",
+        "[{name: f}]",
+    ] {
+        assert_eq!(check_streaming(&k, None, text), vec![], "{text:?}");
+    }
+    // Around the garbage, calls are still read.
+    for text in [
+        "[1, \"x{\", [{\"name\": \"no\"}], {\"name\": \"f\", \"parameters\": {}}]",
+        "{\"name\": \"f\", \"parameters\": {}}",
+        "<|python_tag|>[{\"name\": \"f\", \"parameters\": {}}] then [{\"name\": \"g\"}]",
+    ] {
+        assert_eq!(
+            check_streaming(&k, None, text),
+            vec![call("f", "{}")],
+            "{text:?}"
+        );
+    }
+    let text = "[{\"name\": \"f\", \"parameters\": {]]]}}]";
+    assert_eq!(check_streaming(&k, None, text)[0].0, "f");
+}
+
+#[test]
+fn required_max_calls_keeps_the_first() {
+    let k = ToolParserKind::JsonArray;
+    for text in [
+        "[{\"name\": \"a\", \"parameters\": {\"x\": 1}}, {\"name\": \"b\", \"parameters\": {}}]",
+        "[{\"parameters\": {\"x\": 1}, \"name\": \"a\"}, {\"parameters\": {\"y\": 2}, \"name\": \"b\"}]",
+    ] {
+        assert_eq!(
+            check_streaming(&k, Some(1), text),
+            vec![call("a", r#"{"x":1}"#)],
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn named_streams_the_whole_output_as_arguments() {
+    let k = named("get_weather");
+    let text = "\n { \"q\" : [1, {\"b\": \"x\\\"}]{\"}], \"s\": \"a b\" } \n";
+    assert_eq!(
+        check_streaming(&k, None, text),
+        vec![call("get_weather", r#"{"q":[1,{"b":"x\"}]{"}],"s":"a b"}"#)]
+    );
+    let mut p = ToolParser::new(k, None);
+    assert_eq!(p.push("  \n"), ParsedDelta::default());
+    let d = p.push("{");
+    assert_eq!(d.content, "");
+    assert_eq!(d.tool_calls.len(), 2);
+    assert_eq!(d.tool_calls[0].name.as_deref(), Some("get_weather"));
+    assert_eq!(d.tool_calls[1].arguments, "{");
+    assert_eq!(p.push(" \"city\" :").tool_calls[0].arguments, "\"city\":");
+    assert_eq!(
+        p.push(" \"Oslo\" } \n").tool_calls[0].arguments,
+        "\"Oslo\"}"
+    );
+    assert_eq!(p.push("junk {"), ParsedDelta::default());
+    assert_eq!(p.finish(), ParsedDelta::default());
+    assert_eq!(p.calls(), 1);
+}
+
+#[test]
+fn named_truncated_empty_and_garbage() {
+    let k = named("f");
+    for (text, want) in [
+        ("{\"a\": \"x", vec![call("f", r#"{"a":"x"#)]),
+        ("{\"a\": [1, ", vec![call("f", r#"{"a":[1,"#)]),
+        ("{\"a\": 1} {\"b\": 2}", vec![call("f", r#"{"a":1}"#)]),
+        ("", vec![]),
+        (" \n\t", vec![]),
+        ("}", vec![call("f", "{}")]),
+        ("hello world", vec![call("f", "hello")]),
+    ] {
+        assert_eq!(check_streaming(&k, None, text), want, "{text:?}");
+    }
+}
+
+#[test]
+fn streaming_kinds_survive_random_text() {
+    // Single characters, and pieces of calls so that many texts hold some.
+    let tokens: Vec<&str> = [
+        "[|]|{|}|\"|:|,|\\| |\n|a|1|é|🌧|\"name\"|\"parameters\"|\"arguments\"|\"f\"|true",
+        "[{\"name\": \"f\"|{\"name\":\"g\",|, \"parameters\": {|\"arguments\":|\"a\": [1, \"]}\\\"\"",
+        "}}|}, |}]|\"\\u00e9\"",
+    ]
+    .iter()
+    .flat_map(|t| t.split('|'))
+    .collect();
+    let mut rng = Rng(42);
+    let mut with_calls = 0;
+    for _ in 0..300 {
+        let text: String = (0..rng.below(30))
+            .map(|_| tokens[rng.below(tokens.len())])
+            .collect();
+        for kind in [ToolParserKind::JsonArray, named("f")] {
+            let calls = check_streaming(&kind, None, &text);
+            with_calls += usize::from(kind == ToolParserKind::JsonArray && !calls.is_empty());
+            assert!(check_streaming(&kind, Some(1), &text).len() <= 1);
+        }
+    }
+    // Many of the texts hold calls (114 of 300 for JsonArray), not only garbage.
+    assert!(with_calls > 80, "{with_calls}");
 }
