@@ -33,14 +33,6 @@ pub const REFUSED_FIELDS: &[(&str, &str)] = &[
         "legacy `function_call` is not supported; use `tool_choice`",
     ),
     ("web_search_options", "web search is not supported"),
-    ("guided_json", "guided decoding is not supported yet"),
-    ("guided_regex", "guided decoding is not supported yet"),
-    ("guided_choice", "guided decoding is not supported yet"),
-    ("guided_grammar", "guided decoding is not supported yet"),
-    (
-        "structured_outputs",
-        "structured outputs are not supported yet",
-    ),
 ];
 
 /// Checks the fields a request struct did not know: refused ones are a 400, the rest
@@ -50,6 +42,9 @@ pub fn check_other(other: &Map<String, Value>) -> Result<(), ApiError> {
     for (key, value) in other {
         if value.is_null() {
             continue;
+        }
+        if crate::structured::CONSTRAINT_FIELDS.contains(&key.as_str()) {
+            continue; // judged by structured::requested_constraint
         }
         if let Some((name, why)) = REFUSED_FIELDS.iter().find(|(n, _)| n == key) {
             return Err(ApiError::invalid_param(name, why));
@@ -72,18 +67,6 @@ pub fn check_other(other: &Map<String, Value>) -> Result<(), ApiError> {
                     ))
                 }
             },
-            "response_format" => {
-                let kind = value.get("type").and_then(Value::as_str);
-                if kind != Some("text") {
-                    return Err(ApiError::invalid_param(
-                        "response_format",
-                        format!(
-                            "type {} is not supported yet; only \"text\" is",
-                            kind.unwrap_or("(missing)")
-                        ),
-                    ));
-                }
-            }
             k if IGNORED_FIELDS.contains(&k) => {}
             k => unknown.push(k.to_string()),
         }
@@ -94,20 +77,34 @@ pub fn check_other(other: &Map<String, Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `tool_choice`, applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// No calls: the output is content (`none`, or no tools).
+    #[default]
+    None,
+    /// The model may call tools; calls are parsed out of its output.
+    Auto,
+    /// The model must call one or more tools (constrained).
+    Required,
+    /// The model must call this function (constrained).
+    Named(String),
+}
+
 /// How a chat request uses tools.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ToolUse {
     /// The tool definitions, for the chat template (`tools`); empty: none.
     pub tools: Vec<Value>,
-    /// Whether to parse tool calls out of the output (`tool_choice` auto).
-    pub parse: bool,
+    /// What `tool_choice` asks for.
+    pub choice: ToolChoice,
     /// At most this many calls (`parallel_tool_calls: false`: 1).
     pub max_calls: Option<usize>,
 }
 
-/// Judges `tools`, `tool_choice` and `parallel_tool_calls`: `tool_choice` `none` or
-/// `auto` (the default with tools) are applied; `required` and a named function need
-/// constrained decoding, which wick does not have yet, and are refused.
+/// Judges `tools`, `tool_choice` and `parallel_tool_calls`. `none` and `auto` (the
+/// default with tools) leave the output free; `required` and a named function are
+/// applied by constrained decoding (see [`crate::structured::tool_call_constraint`]).
 pub fn tool_use(req: &ChatCompletionRequest) -> Result<ToolUse, ApiError> {
     let tools = match &req.tools {
         None | Some(Value::Null) => vec![],
@@ -133,10 +130,28 @@ pub fn tool_use(req: &ChatCompletionRequest) -> Result<ToolUse, ApiError> {
     let choice = match &req.tool_choice {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.as_str()),
-        Some(Value::Object(_)) => return Err(ApiError::invalid_param(
-            "tool_choice",
-            "a named function needs constrained decoding, which is not supported yet; use \"auto\"",
-        )),
+        Some(v @ Value::Object(_)) => {
+            let name = (v.get("type").and_then(Value::as_str) == Some("function"))
+                .then(|| v.pointer("/function/name").and_then(Value::as_str))
+                .flatten();
+            let Some(name) = name else {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    "a named choice is {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                ));
+            };
+            if tools.is_empty() {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    "is only allowed when `tools` are given",
+                ));
+            }
+            return Ok(ToolUse {
+                choice: ToolChoice::Named(name.to_string()),
+                max_calls: Some(1),
+                tools,
+            });
+        }
         Some(v) => {
             return Err(ApiError::invalid_param(
                 "tool_choice",
@@ -144,28 +159,25 @@ pub fn tool_use(req: &ChatCompletionRequest) -> Result<ToolUse, ApiError> {
             ))
         }
     };
-    let parse =
-        match choice {
-            None => !tools.is_empty(),
-            Some("none") => false,
-            Some("auto") if tools.is_empty() => {
-                return Err(ApiError::invalid_param(
-                    "tool_choice",
-                    "is only allowed when `tools` are given",
-                ))
-            }
-            Some("auto") => true,
-            Some("required") => return Err(ApiError::invalid_param(
+    let choice = match choice {
+        None if tools.is_empty() => ToolChoice::None,
+        None => ToolChoice::Auto,
+        Some("none") => ToolChoice::None,
+        Some("auto" | "required") if tools.is_empty() => {
+            return Err(ApiError::invalid_param(
                 "tool_choice",
-                "\"required\" needs constrained decoding, which is not supported yet; use \"auto\"",
-            )),
-            Some(other) => {
-                return Err(ApiError::invalid_param(
-                    "tool_choice",
-                    format!("{other:?} is not none, auto, required or a function"),
-                ))
-            }
-        };
+                "is only allowed when `tools` are given",
+            ))
+        }
+        Some("auto") => ToolChoice::Auto,
+        Some("required") => ToolChoice::Required,
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                format!("{other:?} is not none, auto, required or a function"),
+            ))
+        }
+    };
     let max_calls = match &req.parallel_tool_calls {
         None | Some(Value::Null) | Some(Value::Bool(true)) => None,
         Some(Value::Bool(false)) => Some(1),
@@ -178,7 +190,7 @@ pub fn tool_use(req: &ChatCompletionRequest) -> Result<ToolUse, ApiError> {
     };
     Ok(ToolUse {
         tools,
-        parse,
+        choice,
         max_calls,
     })
 }

@@ -11,9 +11,7 @@ use crate::state::Serving;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Instant;
-use wick_core::{
-    FinishReason, RequestMetrics, SamplingParams, TokenEvent, TokenLogprobs, WickError,
-};
+use wick_core::{FinishReason, RequestMetrics, TokenEvent, TokenLogprobs, WickError};
 use wick_engine::EngineRequest;
 
 /// One generated token, kept for logprobs.
@@ -62,35 +60,31 @@ pub struct PromptRun {
 }
 
 impl PromptRun {
-    /// Submits `prompt` with `params`; its choices are numbered from `first_index`.
+    /// Submits `request` (prompt, sampling, adapter, constraint); its choices are
+    /// numbered from `first_index`.
     pub fn submit(
         serving: Arc<Serving>,
         log_id: &str,
-        prompt: Vec<u32>,
-        params: SamplingParams,
+        request: EngineRequest,
         stops: &[String],
         first_index: usize,
-        lora: Option<String>,
     ) -> Result<Self, ApiError> {
+        let params = &request.params;
         let mut stop_ids = params.stop_token_ids.clone();
         if !params.ignore_eos {
             stop_ids.extend(&serving.backend.info().eos_token_ids);
         }
         let choices = (0..params.n)
             .map(|_| ChoiceState {
-                detok: IncrementalDetokenizer::new(&prompt),
+                detok: IncrementalDetokenizer::new(&request.prompt_token_ids),
                 stop: StopMatcher::new(stops),
                 tokens: 0,
                 finish: None,
             })
             .collect();
-        let prompt_len = prompt.len();
-        let stream = serving.backend.submit(EngineRequest {
-            prompt_token_ids: prompt,
-            params,
-            lora: lora.clone(),
-            ..Default::default()
-        })?;
+        let prompt_len = request.prompt_token_ids.len();
+        let lora = request.lora.clone();
+        let stream = serving.backend.submit(request)?;
         Ok(Self {
             serving,
             stream,

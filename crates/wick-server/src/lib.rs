@@ -35,6 +35,7 @@ pub mod routes;
 pub mod serve;
 pub mod stack;
 pub mod state;
+pub mod structured;
 pub mod tls;
 pub mod tool_parser;
 

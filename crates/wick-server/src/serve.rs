@@ -289,6 +289,12 @@ pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
     state.metrics.set_model_weight_bytes(stack.weight_bytes);
     let backend: Arc<dyn Backend> = Arc::new(stack.engine);
     let tool_parser = (args.tool_call_parser).resolve(stack.prompt.chat_template_source());
+    let info = backend.info();
+    let grammars = crate::structured::Grammars::new(
+        stack.prompt.tokenizer().clone(),
+        info.vocab_size,
+        info.eos_token_ids.clone(),
+    );
     state.set_serving(Arc::new(Serving {
         backend: backend.clone(),
         prompt: stack.prompt,
@@ -300,6 +306,7 @@ pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
             .unwrap_or(0),
         fingerprint: stack.fingerprint,
         tool_parser,
+        grammars,
     }));
     tracing::info!(address = %local, scheme = %scheme, model = %state.model_name(), "serving");
 

@@ -34,6 +34,9 @@ pub struct Serving {
     pub fingerprint: String,
     /// How tool calls are parsed from output (`--tool-call-parser`); `None`: never.
     pub tool_parser: Option<crate::tool_parser::ToolParserKind>,
+    /// Compiles the grammars of constrained requests (structured output, forced tool
+    /// calls) for this model's tokenizer.
+    pub grammars: crate::structured::Grammars,
 }
 
 /// The model a request runs on.

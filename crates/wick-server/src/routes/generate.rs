@@ -2,6 +2,7 @@
 //! (off the async runtime), submit one engine request per prompt, answer whole or as SSE.
 
 use super::OpenAiJson;
+use crate::compat::ToolChoice;
 use crate::error::ApiError;
 use crate::generation::PromptRun;
 use crate::protocol::{
@@ -9,12 +10,14 @@ use crate::protocol::{
 };
 use crate::response::{Endpoint, Responder};
 use crate::state::{AppState, InFlight, ModelChoice, Serving};
+use crate::structured::{requested_constraint, tool_call_constraint, RequestedConstraint};
 use crate::tool_parser::ToolParserKind;
 use axum::extract::State;
 use axum::response::Response;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use wick_core::WickError;
+use wick_engine::{EngineRequest, LogitsProcessorFactory};
 
 /// OpenAI's default for completions.
 const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
@@ -35,14 +38,27 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs CPU-heavy prompt work (templates, tokenization) off the async runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, WickError> + Send + 'static,
+/// Runs CPU-heavy prompt work (templates, tokenization, grammars) off the async
+/// runtime.
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::from(WickError::internal(format!("tokenization task: {e}"))))?
-        .map_err(ApiError::from)
+        .map_err(|e| ApiError::from(WickError::internal(format!("prompt task: {e}"))))?
+        .map_err(Into::into)
+}
+
+/// The processor factory of `constraint` (compiled off the runtime), if any.
+async fn compile_constraint(
+    serving: &Arc<Serving>,
+    constraint: Option<RequestedConstraint>,
+) -> Result<Option<Arc<dyn LogitsProcessorFactory>>, ApiError> {
+    let Some(c) = constraint else {
+        return Ok(None);
+    };
+    let s = serving.clone();
+    Ok(Some(blocking(move || s.grammars.compile(&c)).await?))
 }
 
 /// The most tokens a prompt of `prompt_len` may still generate (chat's default
@@ -68,6 +84,8 @@ struct Prepared {
     model: ModelChoice,
     /// Parse tool calls out of chat output: the format and the most calls.
     tool_parser: Option<(ToolParserKind, Option<usize>)>,
+    /// Constrains every completion's output (structured output, forced tool calls).
+    logits_processor: Option<Arc<dyn LogitsProcessorFactory>>,
 }
 
 /// Submits every prompt (any refusal drops, and so aborts, those already submitted) and
@@ -96,14 +114,18 @@ async fn respond(
         if let Some(text) = p.echo.get(i) {
             echo.extend(std::iter::repeat_n(text.clone(), n));
         }
+        let request = EngineRequest {
+            prompt_token_ids: prompt,
+            params,
+            lora: p.model.lora.clone(),
+            logits_processor: p.logits_processor.clone(),
+        };
         runs.push(PromptRun::submit(
             serving.clone(),
             &id,
-            prompt,
-            params,
+            request,
             &stops,
             num_choices,
-            p.model.lora.clone(),
         )?);
         num_choices += n;
     }
@@ -144,17 +166,40 @@ pub async fn chat_completions(
     }
     crate::compat::check_other(&req.other)?;
     let tool_use = crate::compat::tool_use(&req)?;
-    let tool_parser = match (tool_use.parse, serving.tool_parser) {
-        (true, Some(kind)) => Some((kind, tool_use.max_calls)),
-        // Explicitly asked for, but this server cannot parse calls: refused, not ignored.
-        (true, None) if req.tool_choice.is_some() => {
+    let max_calls = tool_use.max_calls;
+    let (tool_parser, tool_constraint) = match &tool_use.choice {
+        ToolChoice::None => (None, None),
+        ToolChoice::Auto => match serving.tool_parser.clone() {
+            Some(kind) => (Some((kind, max_calls)), None),
+            // Explicitly asked for, but this server cannot parse calls: refused.
+            None if req.tool_choice.is_some() => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    "\"auto\" needs a tool-call parser: start wick with --tool-call-parser",
+                ))
+            }
+            None => (None, None),
+        },
+        ToolChoice::Required => (
+            Some((ToolParserKind::JsonArray, max_calls)),
+            Some(tool_call_constraint(&tool_use.tools, None, max_calls)?),
+        ),
+        ToolChoice::Named(name) => (
+            Some((ToolParserKind::Named(name.clone()), Some(1))),
+            Some(tool_call_constraint(&tool_use.tools, Some(name), None)?),
+        ),
+    };
+    let constraint = match (requested_constraint(&req.other)?, tool_constraint) {
+        (Some(r), Some(_)) => {
             return Err(ApiError::invalid_param(
-                "tool_choice",
-                "\"auto\" needs a tool-call parser: start wick with --tool-call-parser",
+                &r.field,
+                "cannot be combined with tool_choice \"required\" or a named function, \
+                 which constrain the output themselves",
             ))
         }
-        _ => None,
+        (r, t) => r.or(t),
     };
+    let logits_processor = compile_constraint(&serving, constraint).await?;
     let messages = flatten_messages(&req.messages)?;
     let mut extra = req.chat_template_kwargs.clone().unwrap_or_default();
     if !tool_use.tools.is_empty() && !extra.contains_key("tools") {
@@ -171,6 +216,7 @@ pub async fn chat_completions(
         top_logprobs,
         model,
         tool_parser,
+        logits_processor,
     };
     respond(serving, in_flight, &req.sampling, prepared).await
 }
@@ -183,6 +229,8 @@ pub async fn completions(
     let serving = state.serving()?;
     let model = state.resolve_model(req.sampling.model.as_deref(), &serving)?;
     crate::compat::check_other(&req.other)?;
+    let constraint = requested_constraint(&req.other)?;
+    let logits_processor = compile_constraint(&serving, constraint).await?;
     let in_flight = state.track();
     let echo = req.echo.unwrap_or(false);
     let top_logprobs = req.logprobs.unwrap_or(0);
@@ -232,6 +280,7 @@ pub async fn completions(
         top_logprobs,
         model,
         tool_parser: None,
+        logits_processor,
     };
     respond(serving, in_flight, &req.sampling, prepared).await
 }

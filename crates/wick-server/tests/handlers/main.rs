@@ -165,6 +165,12 @@ impl Harness {
             add_bos: false,
         };
         let prompt = PromptBuilder::new(tokenizer(), Some(self.template), special).unwrap();
+        let info = wick_server::backend::Backend::info(&*self.backend);
+        let grammars = wick_server::structured::Grammars::new(
+            prompt.tokenizer().clone(),
+            info.vocab_size,
+            info.eos_token_ids.clone(),
+        );
         self.state.set_serving(Arc::new(Serving {
             backend: self.backend.clone(),
             prompt,
@@ -172,7 +178,8 @@ impl Harness {
             metrics: self.state.metrics.clone(),
             created: 1_700_000_000,
             fingerprint: "fp_test".into(),
-            tool_parser: self.tool_parser,
+            tool_parser: self.tool_parser.clone(),
+            grammars,
         }));
     }
 

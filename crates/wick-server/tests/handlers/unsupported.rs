@@ -101,60 +101,97 @@ async fn non_text_content_parts_are_refused() {
     }
 }
 
+/// The fake model's word-level tokenizer has no byte-level or byte-fallback decoder, so
+/// no token trie can be built: every constrained request is a 400 saying so (the
+/// constraint is never ignored), and nothing reaches the backend.
 #[tokio::test]
-async fn json_response_formats_are_refused_until_structured_output() {
-    let h = Harness::start().await;
-    for format in [
-        json!({"type": "json_object"}),
-        json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
-    ] {
-        let body = chat(json!({"response_format": format}));
-        refused(&h, "/v1/chat/completions", body, "response_format").await;
-        let body = completion(json!({"response_format": format}));
-        refused(&h, "/v1/completions", body, "response_format").await;
-    }
-}
-
-#[tokio::test]
-async fn vllm_guided_fields_are_refused() {
+async fn constraints_are_refused_where_the_tokenizer_cannot_be_constrained() {
     let h = Harness::start().await;
     for (field, value) in [
+        ("response_format", json!({"type": "json_object"})),
+        (
+            "response_format",
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        ),
         ("guided_json", json!({"type": "object"})),
         ("guided_regex", json!("[a-z]+")),
         ("guided_choice", json!(["a", "b"])),
         ("guided_grammar", json!("start: \"a\"")),
         ("structured_outputs", json!({"choice": ["a", "b"]})),
     ] {
-        refused(
-            &h,
-            "/v1/chat/completions",
-            chat(json!({field: value})),
-            field,
-        )
-        .await;
-        refused(
-            &h,
-            "/v1/completions",
-            completion(json!({field: value})),
-            field,
-        )
-        .await;
+        for (path, body) in [
+            ("/v1/chat/completions", chat(json!({field: value}))),
+            ("/v1/completions", completion(json!({field: value}))),
+        ] {
+            let (status, v) = h.post(path, &body).await;
+            let e = assert_error(status, &v, 400);
+            let msg = e["message"].as_str().unwrap();
+            assert!(msg.contains("structured output is unavailable"), "{v}");
+            assert!(
+                h.backend.submitted().is_empty(),
+                "{body} reached the backend"
+            );
+        }
     }
-}
-
-#[tokio::test]
-async fn tool_choice_required_is_refused() {
-    let h = Harness::start().await;
+    // A forced tool choice is a constraint too.
     let body = chat(json!({"tools": weather_tool(), "tool_choice": "required"}));
-    refused(&h, "/v1/chat/completions", body, "tool_choice").await;
+    let (status, v) = h.post("/v1/chat/completions", &body).await;
+    assert_error(status, &v, 400);
+    // `text` constrains nothing and is served.
+    let body = chat(json!({"response_format": {"type": "text"}}));
+    let (status, v) = h.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
 }
 
 #[tokio::test]
-async fn a_named_tool_choice_is_refused() {
+async fn malformed_or_conflicting_constraints_are_refused_by_name() {
     let h = Harness::start().await;
-    let choice = json!({"type": "function", "function": {"name": "get_weather"}});
-    let body = chat(json!({"tools": weather_tool(), "tool_choice": choice}));
-    refused(&h, "/v1/chat/completions", body, "tool_choice").await;
+    let cases = [
+        (
+            chat(json!({"response_format": {"type": "xml"}})),
+            "response_format.type",
+        ),
+        (
+            chat(json!({"response_format": {"type": "json_schema"}})),
+            "response_format.json_schema",
+        ),
+        (
+            chat(json!({"response_format": {"type": "json_object"}, "guided_regex": "a"})),
+            "guided_regex",
+        ),
+        (
+            completion(json!({"structured_outputs": {"structural_tag": "x"}})),
+            "structured_outputs.structural_tag",
+        ),
+        (completion(json!({"guided_choice": []})), "guided_choice"),
+        (
+            chat(json!({"guided_whitespace_pattern": " "})),
+            "guided_whitespace_pattern",
+        ),
+        (
+            chat(json!({"tools": weather_tool(), "tool_choice": "required",
+                "response_format": {"type": "json_object"}})),
+            "response_format",
+        ),
+        (
+            chat(json!({"tools": weather_tool(),
+                "tool_choice": {"type": "function", "function": {"name": "nope"}}})),
+            "tool_choice",
+        ),
+        (
+            chat(json!({"tool_choice": {"type": "function", "function": {"name": "x"}}})),
+            "tool_choice",
+        ),
+        (chat(json!({"tool_choice": "required"})), "tool_choice"),
+    ];
+    for (body, param) in cases {
+        let path = if body.get("messages").is_some() {
+            "/v1/chat/completions"
+        } else {
+            "/v1/completions"
+        };
+        refused(&h, path, body, param).await;
+    }
 }
 
 #[tokio::test]
