@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-test-model.sh >/dev/null
 ./scripts/python-venv.sh
+./scripts/fetch-qwen3-template.sh >/dev/null
 ./scripts/ansible-venv.sh >/dev/null
 ./scripts/install-test-deps.sh
 cargo fmt --all -- --check

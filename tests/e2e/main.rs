@@ -19,4 +19,5 @@ mod lora;
 mod python_client;
 mod support;
 mod tls;
+mod tools_qwen3;
 mod version;
