@@ -193,12 +193,13 @@ fn choice_masks_match_the_oracle() {
 
 #[test]
 fn regex_masks_match_the_oracle() {
-    let lang: Vec<String> = (0..100)
-        .flat_map(|n| (0..10).map(move |d| format!("{n}.{d}")))
+    let lang: Vec<String> = (0..4)
+        .chain(10..40)
+        .flat_map(|n| ["0", "05"].map(move |d| format!("{n}.{d}")))
         .collect();
     let lang: Vec<&str> = lang.iter().map(String::as_str).collect();
     check_against_oracle(
-        OutputConstraint::Regex(r"(0|[1-9][0-9]?)\.[0-9]".into()),
+        OutputConstraint::Regex(r"(0|[1-3][0-9]?)\.(0|05)".into()),
         &lang,
         Expect::Equal,
     );
