@@ -1,6 +1,8 @@
 //! The official `openai` Python package (installed by scripts/python-venv.sh into
 //! .cache/venv) drives the server: sync and async clients, chat and completions,
-//! streaming with include_usage, errors as the SDK's exception types.
+//! streaming with include_usage, errors as the SDK's exception types; structured output
+//! and constrained tool calls (`parse` with a Pydantic model, json_schema, vLLM's
+//! `structured_outputs`/`guided_*`, `tool_choice` required and named, streamed).
 
 use crate::support::Server;
 use std::path::PathBuf;
@@ -44,6 +46,18 @@ async fn official_openai_python_client() {
         "openai_client.py",
         &[base.as_ref()],
         "openai client checks passed",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_client_structured_output() {
+    let server = Server::start(&[]).await;
+    let base = server.url("/v1");
+    run_script(
+        "structured_client.py",
+        &[base.as_ref()],
+        "structured client checks passed",
     )
     .await;
 }
