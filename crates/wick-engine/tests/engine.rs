@@ -69,7 +69,7 @@ fn golden_cases_with_copies_preemption_chunking_and_prefix_hits() {
     let num_blocks = longest.div_ceil(16) + 3;
     let engine = start(|block_bytes| EngineConfig {
         max_num_seqs: 16,
-        max_num_batched_tokens: 24,
+        max_num_batched_tokens: Some(24),
         kv_cache_memory: Some((num_blocks * block_bytes) as u64),
         ..EngineConfig::default()
     });
@@ -180,7 +180,7 @@ fn seeded_sampling_is_the_same_alone_and_in_a_batch_of_16() {
 #[test]
 fn dropping_50_streams_at_random_points_returns_every_block() {
     let engine = start(|_| EngineConfig {
-        max_num_batched_tokens: 64,
+        max_num_batched_tokens: Some(64),
         ..EngineConfig::default()
     });
     let cases = golden_cases();
@@ -481,5 +481,29 @@ fn constrained_requests_in_the_batch_leave_free_requests_greedy_tokens_alone() {
     for stream in constrained {
         assert!(!collect(stream, 1).tokens[0].is_empty());
     }
+    engine.shutdown();
+}
+
+#[test]
+fn an_unset_token_budget_is_chosen_from_the_step_cost_on_the_cpu() {
+    let engine = start(|_| EngineConfig {
+        max_num_batched_tokens: None,
+        ..EngineConfig::default()
+    });
+    let budget = engine.info().max_num_batched_tokens;
+    assert!(
+        (32..=2048).contains(&budget) && budget % 16 == 0,
+        "budget {budget}"
+    );
+    // Served with that budget (in chunks where a prompt is longer), with golden results.
+    let case = golden_cases()
+        .into_iter()
+        .max_by_key(|c| c.prompt_token_ids.len())
+        .unwrap();
+    let req = EngineRequest::new(
+        case.prompt_token_ids.clone(),
+        SamplingParams::greedy(case.max_tokens),
+    );
+    assert_ids_match_golden(&case, &collect(engine.submit(req).unwrap(), 1).tokens[0]);
     engine.shutdown();
 }

@@ -66,7 +66,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let kv_cache_memory = loaded.kv_cache_bytes_for(ids.len() + args.max_tokens, config.block_size);
     let stack = loaded.start(EngineConfig {
         max_num_seqs: 1,
-        max_num_batched_tokens: args.chunk.max(1),
+        max_num_batched_tokens: Some(args.chunk.max(1)),
         kv_cache_memory: Some(kv_cache_memory),
         ..config
     })?;

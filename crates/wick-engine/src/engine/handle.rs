@@ -9,7 +9,9 @@ use super::engine_loop::EngineLoop;
 use super::health::{EngineHealth, Monitor};
 use super::lora::{LoraEntry, LoraRegistry};
 use super::queue::{QueuePermit, WaitingQueue};
-use super::{EngineConfig, EngineInfo, EngineRequest, EngineStats, DEFAULT_KV_CACHE_MEMORY};
+use super::{
+    token_budget, EngineConfig, EngineInfo, EngineRequest, EngineStats, DEFAULT_KV_CACHE_MEMORY,
+};
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use std::pin::Pin;
@@ -141,12 +143,33 @@ impl EngineHandle {
             model.device(),
         )
         .map_err(|e| WickError::invalid_param("kv_cache_memory", e))?;
+        let (num_blocks, block_size) = (cache.num_blocks, cache.block_size);
+        let kv_cache_bytes = num_blocks * KvCache::bytes_per_block(&cfg, block_size, model.dtype());
+        let weight_bytes = model.weight_bytes().to_string();
+        let on_cpu = model.device().is_cpu();
+        let mut runner = ModelRunner::new(model, cache);
+        let max_num_batched_tokens = match config.max_num_batched_tokens {
+            Some(n) => n,
+            None if on_cpu => {
+                let cost = token_budget::measure(&mut runner, block_size)
+                    .map_err(|e| WickError::internal(format!("cannot time a step: {e}")))?;
+                let budget = cost.cpu_budget(block_size);
+                tracing::info!(
+                    decode_ms = cost.decode.as_secs_f64() * 1e3,
+                    prefill_ms_per_token = cost.per_token.as_secs_f64() * 1e3,
+                    max_num_batched_tokens = budget,
+                    "token budget chosen from the measured step cost (CPU)"
+                );
+                budget
+            }
+            None => token_budget::DEVICE_TOKEN_BUDGET,
+        };
         let scheduler = Scheduler::new(SchedulerConfig {
-            max_num_batched_tokens: config.max_num_batched_tokens,
+            max_num_batched_tokens,
             max_num_seqs: config.max_num_seqs,
             max_model_len,
             block_size: config.block_size,
-            num_blocks: cache.num_blocks,
+            num_blocks,
             enable_prefix_caching: config.enable_prefix_caching,
             long_prefill_token_threshold: None,
             max_loras: config.max_loras,
@@ -154,27 +177,26 @@ impl EngineHandle {
         let info = Arc::new(EngineInfo {
             max_model_len,
             vocab_size: cfg.vocab_size,
-            num_blocks: cache.num_blocks,
-            block_size: cache.block_size,
+            num_blocks,
+            block_size,
             eos_token_ids,
+            max_num_batched_tokens,
         });
-        let kv_cache_bytes =
-            cache.num_blocks * KvCache::bytes_per_block(&cfg, cache.block_size, model.dtype());
         tracing::info!(
-            num_blocks = cache.num_blocks,
-            block_size = cache.block_size,
+            num_blocks,
+            block_size,
             kv_cache_bytes,
-            weight_bytes = %model.weight_bytes(),
+            weight_bytes = %weight_bytes,
             max_model_len,
             max_num_seqs = config.max_num_seqs,
-            max_num_batched_tokens = config.max_num_batched_tokens,
+            max_num_batched_tokens,
             "KV cache allocated"
         );
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let monitor = Arc::new(Monitor::new(config.stall_timeout));
         let engine = EngineLoop::new(
-            ModelRunner::new(model, cache),
+            runner,
             scheduler,
             info.clone(),
             stats.clone(),

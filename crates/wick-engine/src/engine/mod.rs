@@ -16,6 +16,7 @@ pub mod health;
 pub mod lora;
 mod queue;
 mod request;
+pub mod token_budget;
 
 pub use handle::{EngineHandle, RequestStream};
 pub use health::EngineHealth;
@@ -34,8 +35,9 @@ pub const DEFAULT_KV_CACHE_MEMORY: u64 = 1 << 30;
 pub struct EngineConfig {
     /// Most sequences running at once.
     pub max_num_seqs: usize,
-    /// Token budget of one step.
-    pub max_num_batched_tokens: usize,
+    /// Token budget of one step; `None`: chosen at start (see [`token_budget`]: on the
+    /// CPU from the measured step cost, on CUDA 2048).
+    pub max_num_batched_tokens: Option<usize>,
     /// Most requests waiting to start; more are refused as overloaded.
     pub max_waiting: usize,
     /// Tokens per KV block.
@@ -62,7 +64,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_num_seqs: 256,
-            max_num_batched_tokens: 2048,
+            max_num_batched_tokens: Some(token_budget::DEVICE_TOKEN_BUDGET),
             max_waiting: 1024,
             block_size: wick_models::DEFAULT_BLOCK_SIZE,
             kv_cache_memory: None,
@@ -167,6 +169,8 @@ pub struct EngineInfo {
     pub block_size: usize,
     /// Tokens that end generation unless `ignore_eos`.
     pub eos_token_ids: Vec<u32>,
+    /// Token budget of one step (as configured, or as chosen at start).
+    pub max_num_batched_tokens: usize,
 }
 
 impl EngineInfo {
@@ -301,6 +305,7 @@ mod tests {
             num_blocks: 4,
             block_size: 16,
             eos_token_ids: vec![],
+            max_num_batched_tokens: 2048,
         };
         assert_eq!(info.context_limit(), 64);
         assert!(info.check_context(60, 4).is_ok());

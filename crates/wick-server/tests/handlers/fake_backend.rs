@@ -86,6 +86,7 @@ impl FakeBackend {
                 num_blocks: 64,
                 block_size: 16,
                 eos_token_ids: vec![eos],
+                max_num_batched_tokens: 2048,
             },
             health: Mutex::new(EngineHealth::Healthy),
             scripts: Mutex::new(VecDeque::new()),
