@@ -61,12 +61,15 @@ pub struct Metrics {
     itl: Histogram,
     e2e: Histogram,
     queue: Histogram,
+    tpot: Histogram,
     prompt_tokens: Counter,
     generation_tokens: Counter,
     success: Family<ReasonLabels, Counter>,
     http: Family<HttpLabels, Counter>,
     /// Bytes of the model's weights as loaded; 0 while loading.
     model_weight_bytes: std::sync::atomic::AtomicU64,
+    /// Dollars per GPU-hour (`--gpu-hour-price`), as f64 bits; 0.0 when not set.
+    gpu_hour_price_bits: std::sync::atomic::AtomicU64,
 }
 
 /// `s` with the characters that would need escaping in a label value replaced by `_`.
@@ -87,12 +90,22 @@ impl Metrics {
             itl: Histogram::new(ITL_BUCKETS.iter().copied()),
             e2e: Histogram::new(LATENCY_BUCKETS.iter().copied()),
             queue: Histogram::new(LATENCY_BUCKETS.iter().copied()),
+            tpot: Histogram::new(ITL_BUCKETS.iter().copied()),
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             success,
             http: Family::default(),
             model_weight_bytes: Default::default(),
+            gpu_hour_price_bits: Default::default(),
         }
+    }
+
+    /// Sets `wick:gpu_hour_price_dollars`, what this replica's hardware costs per hour
+    /// (`--gpu-hour-price`); the cost recording rules divide it by the output token rate,
+    /// as `wick bench --gpu-hour-price` does. Not exposed while 0 (not set).
+    pub fn set_gpu_hour_price(&self, dollars: f64) {
+        self.gpu_hour_price_bits
+            .store(dollars.to_bits(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sets `wick:model_weight_bytes` once the model is loaded.
@@ -109,6 +122,13 @@ impl Metrics {
         observe(&self.queue, m.queue_time_s);
         for &t in &m.inter_token_s {
             observe(&self.itl, t);
+        }
+        // Per request, as `wick bench` and vLLM's request_time_per_output_token: the
+        // decode time over the tokens after the first, of one completion (n completions
+        // decode side by side).
+        let per_completion = m.generation_tokens as f64 / finish_reasons.len().max(1) as f64;
+        if per_completion > 1.0 {
+            observe(&self.tpot, (m.e2e_s - m.ttft_s) / (per_completion - 1.0));
         }
         self.prompt_tokens.inc_by(m.prompt_tokens as u64);
         self.generation_tokens.inc_by(m.generation_tokens as u64);
@@ -215,6 +235,11 @@ impl Metrics {
             "Arrival to first scheduled step",
             self.queue.clone(),
         );
+        r.register(
+            "wick:request_time_per_output_token_seconds",
+            "Per request: (e2e - TTFT) / (output tokens - 1), of requests with over one token",
+            self.tpot.clone(),
+        );
         let weight_bytes = self
             .model_weight_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -223,6 +248,17 @@ impl Metrics {
                 "wick:model_weight_bytes",
                 "Bytes of the model's weights as loaded (quantized ones at their GGUF size)",
                 ConstGauge::new(i64::try_from(weight_bytes).unwrap_or(i64::MAX)),
+            );
+        }
+        let price = f64::from_bits(
+            self.gpu_hour_price_bits
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if price > 0.0 {
+            r.register(
+                "wick:gpu_hour_price_dollars",
+                "Dollars per hour of the GPU serving this replica (--gpu-hour-price)",
+                ConstGauge::new(price),
             );
         }
         let alive = health.is_some_and(EngineHealth::is_healthy);

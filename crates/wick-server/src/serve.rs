@@ -143,6 +143,11 @@ pub struct ServeArgs {
     /// `/ready` answer 503 (a hung kernel or device).
     #[arg(long, default_value_t = 60.0)]
     pub engine_stall_timeout: f64,
+    /// Dollars per hour of the GPU this replica runs on (e.g. 2.10 for an H100), exposed
+    /// as `wick:gpu_hour_price_dollars` for the cost per million tokens rules of
+    /// deploy/prometheus; 0 (the default) leaves it unset.
+    #[arg(long, default_value_t = 0.0)]
+    pub gpu_hour_price: f64,
     /// Test-only fault injection: `panic-at-step:N` or `stall-at-step:N` (builds with
     /// the `fault-injection` feature only; release builds never have it).
     #[cfg(feature = "fault-injection")]
@@ -211,7 +216,14 @@ pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
         .filter(|k| !k.is_empty())
         .cloned()
         .collect();
+    if !(args.gpu_hour_price.is_finite() && args.gpu_hour_price >= 0.0) {
+        return Err(ServeError::Config(format!(
+            "--gpu-hour-price must be 0 or more dollars, not {}",
+            args.gpu_hour_price
+        )));
+    }
     let mut state = AppState::new(names, keys, max_body);
+    state.metrics.set_gpu_hour_price(args.gpu_hour_price);
     state.version = VersionInfo::new(&build, release);
     state.lora_runtime_updates = args.enable_lora_runtime_updates;
     state.lora_root = args.lora_root.clone();

@@ -118,6 +118,11 @@ const NEW_FAMILIES: &[(&str, &str, &[&str])] = &[
         "gauge",
         &["model_name"],
     ),
+    (
+        "wick:request_time_per_output_token_seconds",
+        "histogram",
+        &["model_name"],
+    ),
 ];
 
 #[derive(Debug, Default)]
@@ -362,6 +367,53 @@ fn model_weight_bytes_is_a_gauge_once_loaded() {
     assert!(
         text.contains("# TYPE wick:model_weight_bytes gauge\n")
             && text.contains("wick:model_weight_bytes{model_name=\"smol\"} 96576768\n"),
+        "{text}"
+    );
+    parse(&text);
+}
+
+#[test]
+fn time_per_output_token_is_observed_once_per_request_of_over_one_token() {
+    let m = Metrics::new("smol");
+    let request = |generation_tokens, reasons: &[&'static str]| {
+        m.record_finished(
+            &RequestMetrics {
+                generation_tokens,
+                ttft_s: 0.25,
+                e2e_s: 1.25,
+                ..Default::default()
+            },
+            reasons,
+        )
+    };
+    // (1.25 - 0.25) / (5 - 1) = 0.25 s; n = 2 completions of 3 tokens: 1.0 / 2 = 0.5 s;
+    // one token: no decode time, not observed.
+    request(5, &["length"]);
+    request(6, &["stop", "length"]);
+    request(1, &["length"]);
+    let text = m.render(&EngineStats::default(), None);
+    for line in [
+        "wick:request_time_per_output_token_seconds_bucket{model_name=\"smol\",le=\"0.2\"} 0",
+        "wick:request_time_per_output_token_seconds_bucket{model_name=\"smol\",le=\"0.3\"} 1",
+        "wick:request_time_per_output_token_seconds_bucket{model_name=\"smol\",le=\"0.5\"} 2",
+        "wick:request_time_per_output_token_seconds_sum{model_name=\"smol\"} 0.75",
+        "wick:request_time_per_output_token_seconds_count{model_name=\"smol\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+    }
+    parse(&text);
+}
+
+#[test]
+fn gpu_hour_price_is_a_gauge_once_set() {
+    let m = Metrics::new("smol");
+    let text = m.render(&EngineStats::default(), None);
+    assert!(!text.contains("wick:gpu_hour_price_dollars"), "{text}");
+    m.set_gpu_hour_price(2.1);
+    let text = m.render(&EngineStats::default(), None);
+    assert!(
+        text.contains("# TYPE wick:gpu_hour_price_dollars gauge\n")
+            && text.contains("wick:gpu_hour_price_dollars{model_name=\"smol\"} 2.1\n"),
         "{text}"
     );
     parse(&text);
