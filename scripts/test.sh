@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 ./scripts/python-venv.sh
 ./scripts/fetch-qwen3-template.sh >/dev/null
 ./scripts/ansible-venv.sh >/dev/null
+./deploy/prometheus/tests/venv.sh >/dev/null
 ./scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

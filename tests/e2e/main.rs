@@ -16,6 +16,7 @@ mod fetch;
 mod generate;
 mod lifecycle;
 mod lora;
+mod monitoring;
 mod python_client;
 mod support;
 mod tls;
