@@ -24,7 +24,7 @@ pub const STALL_IN_DECODE_STEPS: f64 = 4.0;
 const MIN_CPU_BUDGET: usize = 32;
 
 /// Tokens of the prefill chunk timed.
-const PROBE_TOKENS: usize = 64;
+pub const PROBE_TOKENS: usize = 64;
 
 /// What one step costs: a fixed part and a part per token.
 #[derive(Debug, Clone, Copy, PartialEq)]
