@@ -1,6 +1,6 @@
 //! `wick bench` against a real `wick serve`: every request succeeds with exact prompt
 //! and output lengths, and its token counts and throughput agree with the server's own
-//! /metrics for the same run within 5%.
+//! /metrics for the same run within 5%; each record names the replica that answered.
 
 use crate::support::*;
 use wick_bench::{
@@ -9,7 +9,7 @@ use wick_bench::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_against_wick_serve_agrees_with_its_metrics() {
-    let server = Server::start(&[]).await;
+    let server = Server::start(&["--replica-id", "replica-a"]).await;
     let cfg = BenchConfig {
         load: LoadSpec::Closed { concurrency: 4 },
         num_requests: Some(16),
@@ -32,6 +32,12 @@ async fn bench_against_wick_serve_agrees_with_its_metrics() {
     assert_eq!(report.total_output_tokens, 16 * 12);
     assert_eq!(report.total_prompt_tokens, 16 * 48);
     assert_eq!(report.short_outputs, 0);
+    assert!(
+        (report.records.iter()).all(|r| r.replica.as_deref() == Some("replica-a")),
+        "records without the replica"
+    );
+    assert_eq!(report.replicas.get("replica-a"), Some(&[16, 0]));
+    assert!(report.render().contains("replica-a 16 ok / 0 failed"));
     assert!(report.output_throughput > 0.0 && report.ttft_ms.p50 > 0.0);
 
     let check = report.server_metrics.expect("wick serves /metrics");

@@ -71,6 +71,9 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// The response header a wick replica names itself in.
+pub const REPLICA_HEADER: &str = "x-wick-replica";
+
 /// Measurements of one request. Times are seconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
@@ -95,6 +98,8 @@ pub struct RequestRecord {
     pub usage_reported: bool,
     /// Output tokens requested.
     pub requested_output_tokens: u64,
+    /// The replica that answered (its `x-wick-replica` header), when it names itself.
+    pub replica: Option<String>,
 }
 
 impl RequestRecord {
@@ -340,6 +345,7 @@ impl Client {
             output_tokens: 0,
             usage_reported: false,
             requested_output_tokens: item.output_len as u64,
+            replica: None,
         };
         let deadline = tokio::time::Instant::from_std(start + opts.request_timeout);
         let first_deadline = opts
@@ -382,6 +388,9 @@ impl Client {
             Err(e) if e.is_timeout() => return failed(ErrorKind::Timeout, &e.to_string()),
             Err(e) => return failed(ErrorKind::Other, &error_chain(&e)),
         };
+        rec.replica = (resp.headers().get(REPLICA_HEADER))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();

@@ -91,6 +91,9 @@ pub struct Report {
     pub errors: BTreeMap<String, usize>,
     /// The first message seen for each error kind.
     pub error_examples: BTreeMap<String, String>,
+    /// Per replica that named itself (`x-wick-replica`): requests it answered, `[ok,
+    /// failed]`; empty when no response named one.
+    pub replicas: BTreeMap<String, [usize; 2]>,
     /// Failures over counted requests.
     pub error_rate: f64,
     /// Wall time of the counted phase, seconds.
@@ -191,6 +194,16 @@ impl Report {
             }
         }
         let failed: usize = errors.values().sum();
+        let mut replicas = BTreeMap::new();
+        for r in &records {
+            let Some(name) = &r.replica else { continue };
+            let counts: &mut [usize; 2] = replicas.entry(name.clone()).or_default();
+            match r.outcome {
+                Outcome::Ok => counts[0] += 1,
+                Outcome::Failed { .. } => counts[1] += 1,
+                Outcome::Cancelled => {}
+            }
+        }
         let cancelled = records
             .iter()
             .filter(|r| r.outcome == Outcome::Cancelled)
@@ -239,6 +252,7 @@ impl Report {
             },
             errors,
             error_examples,
+            replicas,
             duration_s: info.duration_s,
             total_prompt_tokens,
             total_output_tokens,
@@ -322,6 +336,12 @@ impl Report {
                 }
             ),
         );
+        if !self.replicas.is_empty() {
+            let each: Vec<String> = (self.replicas.iter())
+                .map(|(name, [ok, failed])| format!("{name} {ok} ok / {failed} failed"))
+                .collect();
+            line("replicas", each.join(", "));
+        }
         line("duration", format!("{:.2} s", self.duration_s));
         line(
             "throughput",

@@ -139,6 +139,11 @@ pub struct ServeArgs {
     /// manifest.json in the parent of the executable's directory, if there is one).
     #[arg(long, env = "WICK_RELEASE_NAME")]
     pub release_name: Option<String>,
+    /// This replica's name, sent back in every response's `x-wick-replica` header (so a
+    /// client behind a load balancer sees which replica served it); default: the host
+    /// name.
+    #[arg(long, env = "WICK_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Seconds the engine may hold work without finishing a step before `/health` and
     /// `/ready` answer 503 (a hung kernel or device).
     #[arg(long, default_value_t = 60.0)]
@@ -225,6 +230,14 @@ pub async fn run(args: ServeArgs, build: BuildInfo) -> Result<(), ServeError> {
     let mut state = AppState::new(names, keys, max_body);
     state.metrics.set_gpu_hour_price(args.gpu_hour_price);
     state.version = VersionInfo::new(&build, release);
+    if let Some(id) = &args.replica_id {
+        if id.is_empty() || axum::http::HeaderValue::from_str(id).is_err() {
+            return Err(ServeError::Config(format!(
+                "--replica-id: {id:?} is not a header value (visible ASCII)"
+            )));
+        }
+        state.replica_id = id.clone();
+    }
     state.lora_runtime_updates = args.enable_lora_runtime_updates;
     state.lora_root = args.lora_root.clone();
     let state = Arc::new(state);

@@ -65,6 +65,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// What `GET /version` answers: the build and the deployment's release.
     pub version: crate::build_info::VersionInfo,
+    /// This replica's name, in every response's `x-wick-replica` header (`--replica-id`,
+    /// default the host name).
+    pub replica_id: String,
     serving: OnceLock<Arc<Serving>>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -91,6 +94,7 @@ impl AppState {
             lora_root: None,
             metrics,
             version: Default::default(),
+            replica_id: host_name(),
             serving: OnceLock::new(),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -241,4 +245,14 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The machine's host name (Linux), else `wick`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && axum::http::HeaderValue::from_str(h).is_ok())
+        .unwrap_or_else(|| "wick".into())
 }

@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{header, HeaderName, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +25,9 @@ use tower_http::trace::TraceLayer;
 /// The request id header: taken from the client when given, else a fresh UUID; echoed
 /// in the response and recorded on the request's span.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The header naming the replica that answered (`--replica-id`).
+pub static REPLICA: HeaderName = HeaderName::from_static("x-wick-replica");
 
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -52,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_http))
+        .layer(middleware::from_fn_with_state(state.clone(), name_replica))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         // Outermost last: set the id, open the span (which reads it), echo the id.
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
@@ -94,6 +98,15 @@ async fn method_not_allowed(req: Request) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{} is not allowed on {}", req.method(), req.uri().path()),
     )
+}
+
+/// Names this replica in every response, errors included.
+async fn name_replica(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&state.replica_id) {
+        resp.headers_mut().insert(REPLICA.clone(), v);
+    }
+    resp
 }
 
 async fn count_http(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

@@ -8,6 +8,7 @@ mod defaults;
 mod errors;
 mod fake_backend;
 mod health;
+mod replica;
 mod snapshots;
 mod streaming;
 mod tools;
@@ -96,6 +97,8 @@ pub struct Options {
     pub template: Option<&'static str>,
     /// The tool-call parser (default: hermes).
     pub tool_parser: Option<ToolCallParserArg>,
+    /// `--replica-id` (default: the host name).
+    pub replica_id: Option<String>,
 }
 
 /// The server under test: its address, state and fake backend.
@@ -121,11 +124,15 @@ impl Harness {
 
     /// A server with `options`.
     pub async fn with(options: Options) -> Harness {
-        let state = Arc::new(AppState::new(
+        let mut state = AppState::new(
             vec!["fake".into(), "fake-alias".into()],
             options.api_keys,
             options.max_body_bytes.unwrap_or(64 * 1024),
-        ));
+        );
+        if let Some(id) = options.replica_id {
+            state.replica_id = id;
+        }
+        let state = Arc::new(state);
         let backend = Arc::new(FakeBackend::new(VOCAB.len(), MAX_MODEL_LEN, EOS));
         let harness = Harness {
             base: String::new(),
