@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The validators of deploy/kubernetes/tests, pinned, under .cache/ (ignored by git):
+#   .cache/kubernetes-venv: kubernetes-validate (PyPI; it ships the Kubernetes API's JSON
+#     schemas, so it checks offline) and PyYAML, for validate.py;
+#   .cache/kubernetes-npm: @kubernetes-models/keda and @kubernetes-models/prometheus-operator
+#     (npm; their models validate against the CRDs' published OpenAPI schemas), for
+#     validate-crds.mjs.
+# Needs python3 (venv) and node + npm (Debian's nodejs and npm: scripts/install-test-deps.sh);
+# kubectl (for `kubectl kustomize`) comes from scripts/install-test-deps.sh too.
+# Idempotent: a second run only checks the stamps. Prints the venv's python.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../../.." && pwd)
+venv="$root/.cache/kubernetes-venv"
+npmdir="$root/.cache/kubernetes-npm"
+py_want=(kubernetes-validate==1.37.0 PyYAML==6.0.3)
+npm_want=(@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0)
+
+stamp="$venv/installed-$(printf '%s\n' "${py_want[@]}" | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  command -v python3 >/dev/null || { echo "python3 with the venv module is required" >&2; exit 1; }
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${py_want[@]}" >&2
+  touch "$stamp"
+fi
+"$venv/bin/python" -c 'import kubernetes_validate, yaml'
+
+stamp="$npmdir/installed-$(printf '%s\n' "${npm_want[@]}" | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  command -v npm >/dev/null || { echo "npm is required: run scripts/install-test-deps.sh (Debian's nodejs and npm)" >&2; exit 1; }
+  rm -rf "$npmdir"
+  mkdir -p "$npmdir"
+  echo '{"name": "wick-kubernetes-validators", "private": true}' >"$npmdir/package.json"
+  (cd "$npmdir" && npm install --silent --no-audit --no-fund --save-exact "${npm_want[@]}" >&2)
+  touch "$stamp"
+fi
+echo "$venv/bin/python"
