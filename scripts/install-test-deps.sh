@@ -13,7 +13,8 @@ for pair in /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client \
   /usr/bin/ssh-keygen:openssh-client /usr/bin/supervisord:supervisor \
   /usr/bin/systemd-analyze:systemd /usr/bin/setpriv:util-linux /usr/bin/python3:python3 \
   /usr/bin/openssl:openssl /usr/bin/readelf:binutils /usr/bin/strip:binutils \
-  /usr/bin/promtool:prometheus; do
+  /usr/bin/promtool:prometheus \
+  /usr/bin/kubectl:kubernetes-client /usr/bin/node:nodejs /usr/bin/npm:npm; do
   [ -e "${pair%%:*}" ] || need+=("${pair#*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 ./scripts/ansible-venv.sh >/dev/null
 ./deploy/prometheus/tests/venv.sh >/dev/null
 ./scripts/install-test-deps.sh
+./deploy/kubernetes/tests/setup.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --quiet

@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod fetch;
 mod generate;
+mod kubernetes;
 mod lifecycle;
 mod lora;
 mod monitoring;
