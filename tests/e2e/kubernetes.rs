@@ -77,5 +77,5 @@ fn kubernetes_manifests_render_and_validate_against_the_published_schemas() {
         5,
         "{stdout}"
     );
-    assert_eq!(stdout.matches("ok   negative: ").count(), 7, "{stdout}");
+    assert_eq!(stdout.matches("ok   negative: ").count(), 8, "{stdout}");
 }

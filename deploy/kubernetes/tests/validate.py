@@ -196,8 +196,12 @@ def check_promises(objs: list[dict], wick: str | None) -> None:
         # Every flag the container passes is one wick serve has.
         help_text = subprocess.run([wick, "serve", "--help"], capture_output=True, text=True, check=True).stdout
         flags = [a for a in args if a.startswith("--")]
-        missing = [f for f in flags if not re.search(rf"(^|\s){re.escape(f)}[\s=<]", help_text, re.M)]
+        def listed(flag: str) -> bool:
+            return re.search(rf"(^|\s){re.escape(flag)}[\s=<,]", help_text, re.M) is not None
+
+        missing = [f for f in flags if not listed(f)]
         need(not missing, f"wick serve --help lists {flags}" + (f"; not {missing}" if missing else ""))
+        need(not listed("--replica-idd"), "negative: a misspelled flag (--replica-idd) is not listed")
         m = re.search(r"--drain-timeout.*?\[default: (\d+)\]", help_text, re.S)
         need(m is not None and int(m.group(1)) <= drain,
              f"--drain-timeout {drain} given, wick's default {m.group(1) if m else '?'}")
