@@ -4,7 +4,8 @@
 #     schemas, so it checks offline) and PyYAML, for validate.py;
 #   .cache/kubernetes-npm: @kubernetes-models/keda and @kubernetes-models/prometheus-operator
 #     (npm; their models validate against the CRDs' published OpenAPI schemas), for
-#     validate-crds.mjs.
+#     validate-crds.mjs: `npm ci` of package.json and package-lock.json beside this script
+#     (every package of the tree pinned, with its integrity hash).
 # Needs python3 (venv) and node + npm (Debian's nodejs and npm: scripts/install-test-deps.sh);
 # kubectl (for `kubectl kustomize`) comes from scripts/install-test-deps.sh too.
 # Idempotent: a second run only checks the stamps. Prints the venv's python.
@@ -13,7 +14,6 @@ root=$(cd "$(dirname "$0")/../../.." && pwd)
 venv="$root/.cache/kubernetes-venv"
 npmdir="$root/.cache/kubernetes-npm"
 py_want=(kubernetes-validate==1.37.0 PyYAML==6.0.3)
-npm_want=(@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0)
 
 stamp="$venv/installed-$(printf '%s\n' "${py_want[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
@@ -25,13 +25,13 @@ if [ ! -f "$stamp" ]; then
 fi
 "$venv/bin/python" -c 'import kubernetes_validate, yaml'
 
-stamp="$npmdir/installed-$(printf '%s\n' "${npm_want[@]}" | sha256sum | cut -c1-16)"
+stamp="$npmdir/installed-$(sha256sum <"$root/deploy/kubernetes/tests/package-lock.json" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   command -v npm >/dev/null || { echo "npm is required: run scripts/install-test-deps.sh (Debian's nodejs and npm)" >&2; exit 1; }
   rm -rf "$npmdir"
   mkdir -p "$npmdir"
-  echo '{"name": "wick-kubernetes-validators", "private": true}' >"$npmdir/package.json"
-  (cd "$npmdir" && npm install --silent --no-audit --no-fund --save-exact "${npm_want[@]}" >&2)
+  cp "$root/deploy/kubernetes/tests/package.json" "$root/deploy/kubernetes/tests/package-lock.json" "$npmdir/"
+  (cd "$npmdir" && npm ci --silent --no-audit --no-fund >&2)
   touch "$stamp"
 fi
 echo "$venv/bin/python"
