@@ -9,8 +9,8 @@
 //! adapter slots ([`LoraSlots`]) adds each token's adapter delta after the base matmul
 //! ([`Linear::forward_lora`]). Quantized weights are here: the weight is a
 //! [`LinearWeight`], dense (a tensor in the serving dtype) or quantized (a GGUF-typed
-//! [`QTensor`] multiplied by candle's [`QMatMul`], or on the CPU for Q4_1 by wick's own
-//! [`QuantMatrix`]; both take f32 activations and, on the CPU, quantize them to 8-bit
+//! [`QTensor`] multiplied by candle's [`QMatMul`], or on the CPU for Q4_1 and Q8_0 by wick's
+//! own [`QuantMatrix`]; both take f32 activations and, on the CPU, quantize them to 8-bit
 //! blocks for the dot products); LoRA deltas are added on top of either. Fused projections and sharding do not exist yet.
 //!
 //! Invariant: the dense arithmetic is exactly candle-nn's `Linear` for contiguous inputs
@@ -51,8 +51,9 @@ enum Weight {
 }
 
 /// Who multiplies a quantized weight: wick's own CPU kernel for the block types it has one
-/// for ([`QuantMatrix`]: Q4_1, whose candle CPU path is scalar), candle's `QMatMul` for the
-/// others and on CUDA.
+/// for ([`QuantMatrix`]: Q4_1, whose candle CPU path is scalar, and Q8_0, e.g. SmolLM2's
+/// token embedding as its tied `lm_head`, read in place), candle's `QMatMul` for the others
+/// and on CUDA.
 #[derive(Debug, Clone)]
 enum QuantizedMatmul {
     Candle(QMatMul),
@@ -62,7 +63,7 @@ enum QuantizedMatmul {
 impl QuantizedMatmul {
     fn new(q: Arc<QTensor>) -> Result<Self> {
         Ok(if q.device().is_cpu() && QuantMatrix::supports(q.dtype()) {
-            QuantizedMatmul::Wick(QuantMatrix::from_gguf(&q)?)
+            QuantizedMatmul::Wick(QuantMatrix::from_gguf(q)?)
         } else {
             QuantizedMatmul::Candle(QMatMul::from_arc(q)?)
         })
