@@ -53,6 +53,9 @@ impl Server {
             .arg(model)
             .args(["--served-model-name", name, "--port", "0"])
             .args(["--kv-cache-memory", "256MiB"])
+            // A fixed budget: choosing one from the measured step cost takes seconds in
+            // this debug build at every start (the engine's tests cover that choice).
+            .args(["--max-num-batched-tokens", "2048"])
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("WICK_API_KEY")
