@@ -8,14 +8,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.cache/ansible-venv"
-want=(ansible==12.3.0 ansible-core==2.19.14 ansible-lint==26.10.1)
-stamp="$venv/installed-$(printf '%s\n' "${want[@]}" | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  command -v python3 >/dev/null || { echo "python3 with the venv module is required" >&2; exit 1; }
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${want[@]}" >&2
-  touch "$stamp"
-fi
+"$root/scripts/pinned-venv.sh" "$venv" ansible==12.3.0 ansible-core==2.19.14 ansible-lint==26.10.1
 "$venv/bin/ansible-playbook" --version >/dev/null
 echo "$venv/bin"

@@ -15,14 +15,7 @@ venv="$root/.cache/kubernetes-venv"
 npmdir="$root/.cache/kubernetes-npm"
 py_want=(kubernetes-validate==1.37.0 PyYAML==6.0.3)
 
-stamp="$venv/installed-$(printf '%s\n' "${py_want[@]}" | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  command -v python3 >/dev/null || { echo "python3 with the venv module is required" >&2; exit 1; }
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${py_want[@]}" >&2
-  touch "$stamp"
-fi
+"$root/scripts/pinned-venv.sh" "$venv" "${py_want[@]}"
 "$venv/bin/python" -c 'import kubernetes_validate, yaml'
 
 stamp="$npmdir/installed-$(sha256sum <"$root/deploy/kubernetes/tests/package-lock.json" | cut -c1-16)"

@@ -7,14 +7,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 venv="$root/.cache/monitoring-venv"
-want=(promql-parser==0.11.0 prometheus-client==0.26.0 PyYAML==6.0.3)
-stamp="$venv/installed-$(printf '%s\n' "${want[@]}" | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  command -v python3 >/dev/null || { echo "python3 with the venv module is required" >&2; exit 1; }
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${want[@]}" >&2
-  touch "$stamp"
-fi
+"$root/scripts/pinned-venv.sh" "$venv" promql-parser==0.11.0 prometheus-client==0.26.0 PyYAML==6.0.3
 "$venv/bin/python" -c 'import promql_parser, prometheus_client, yaml'
 echo "$venv/bin/python"
