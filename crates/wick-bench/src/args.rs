@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// Seed for prompts, lengths and arrivals.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Share of requests streamed (0..1, drawn per request from --seed); the rest are
+    /// sent with stream=false and measured end to end (no TTFT/TPOT/ITL).
+    #[arg(long, default_value_t = 1.0)]
+    pub stream_fraction: f64,
     /// Closed loop: requests kept in flight (default 1 unless --request-rate is given).
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -246,6 +250,11 @@ impl BenchArgs {
         if !(0.0..=1.0).contains(&self.len_spread) {
             return Err(BenchError::invalid("--len-spread must be between 0 and 1"));
         }
+        if !(0.0..=1.0).contains(&self.stream_fraction) {
+            return Err(BenchError::invalid(
+                "--stream-fraction must be between 0 and 1",
+            ));
+        }
         let load = match (self.request_rate, self.concurrency) {
             (Some(_), Some(_)) => {
                 return Err(BenchError::invalid(
@@ -290,6 +299,7 @@ impl BenchArgs {
             slo: self.slo.unwrap_or_default(),
             cost,
             seed: self.seed,
+            stream_fraction: self.stream_fraction,
             ignore_eos: !self.no_ignore_eos,
             temperature: self.temperature,
             tokenizer,
@@ -369,6 +379,8 @@ mod tests {
             "--tokenizer",
             "none",
             "--no-ignore-eos",
+            "--stream-fraction",
+            "0.25",
         ])
         .unwrap();
         let c = cli.args.to_config().unwrap();
@@ -399,6 +411,18 @@ mod tests {
         );
         assert_eq!(c.tokenizer, TokenizerSource::Approximate);
         assert!(!c.ignore_eos);
+        assert_eq!(c.stream_fraction, 0.25);
+        assert_eq!(
+            Cli::try_parse_from(["wick"])
+                .unwrap()
+                .args
+                .to_config()
+                .unwrap()
+                .stream_fraction,
+            1.0
+        );
+        let over = Cli::try_parse_from(["wick", "--stream-fraction", "1.5"]).unwrap();
+        assert!(over.args.to_config().is_err());
         let both =
             Cli::try_parse_from(["wick", "--concurrency", "2", "--request-rate", "1"]).unwrap();
         assert!(both.args.to_config().is_err());

@@ -128,6 +128,8 @@ pub async fn run_prepared(
         temperature: config.temperature,
         request_timeout: config.request_timeout,
         ttft_timeout: config.ttft_timeout,
+        stream_fraction: config.stream_fraction,
+        seed,
     });
     let phase = |items: &Arc<Vec<WorkItem>>| Phase {
         client: prepared.client.clone(),
@@ -193,6 +195,7 @@ pub async fn run_prepared(
         workload: config.workload.clone(),
         tokenizer: prepared.tokenizer.name().into(),
         duration_s: result.duration.as_secs_f64(),
+        started_unix_s: result.started_unix_s,
         interrupted: result.interrupted,
         slo: config.slo,
         cost: config.cost,

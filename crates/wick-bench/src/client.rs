@@ -1,9 +1,12 @@
 //! The OpenAI-compatible HTTP client: model discovery, tokenize/detokenize (vLLM,
-//! llama.cpp and llama-cpp-python dialects), `/metrics`, and one streamed request measured into a [`RequestRecord`].
+//! llama.cpp and llama-cpp-python dialects), `/metrics`, and one request, streamed or
+//! whole, measured into a [`RequestRecord`].
 //!
-//! Invariants: [`Client::stream`] never returns an error and never panics: whatever the
-//! server does (error status, cut stream, garbage, silence) ends as a record whose
-//! [`Outcome`] names the failure; it always returns by its deadline or on cancellation.
+//! Invariants: [`Client::send`] never returns an error and never panics: whatever the
+//! server does (error status, cut stream or body, garbage, silence) ends as a record
+//! whose [`Outcome`] names the failure; it always returns by its deadline or on
+//! cancellation. Whether a request is streamed is a pure function of the run's seed and
+//! the request's index ([`stream_choice`]).
 
 use std::time::{Duration, Instant};
 
@@ -28,11 +31,12 @@ pub enum ErrorKind {
     FirstTokenTimeout,
     /// The request did not finish before the request timeout.
     Timeout,
-    /// The stream ended or broke before `[DONE]`.
+    /// The stream ended or broke before `[DONE]`, or a whole response's body broke.
     DroppedStream,
-    /// A `data:` payload that is not valid JSON (or not an object).
+    /// A `data:` payload (or a whole response) that is not valid JSON (or not an object),
+    /// or a whole response without a choice.
     MalformedChunk,
-    /// The server sent an error object inside the stream.
+    /// The server sent an error object inside the stream (or as a 2xx whole response).
     StreamError,
     /// Anything else reqwest reports (invalid URL, protocol error, ...).
     Other,
@@ -83,18 +87,22 @@ pub struct RequestRecord {
     pub start_s: f64,
     /// How it ended.
     pub outcome: Outcome,
-    /// Time to first (non-empty) token.
+    /// Sent with `stream: true`.
+    pub streamed: bool,
+    /// Time to first (non-empty) token; `None` for a request that was not streamed (its
+    /// tokens arrive all at once, at `e2e_s`).
     pub ttft_s: Option<f64>,
     /// Send to last byte.
     pub e2e_s: f64,
-    /// Gaps between successive content chunks.
+    /// Gaps between successive content chunks (none when not streamed).
     #[serde(skip)]
     pub itl_s: Vec<f64>,
     /// Prompt tokens: the server's usage when reported, else the workload's count.
     pub prompt_tokens: u64,
-    /// Output tokens: the server's usage when reported, else content chunks.
+    /// Output tokens: the server's usage when reported, else content chunks (streamed)
+    /// or words of the text (not streamed).
     pub output_tokens: u64,
-    /// Whether the token counts came from the server's usage chunk.
+    /// Whether the token counts came from the server's usage.
     pub usage_reported: bool,
     /// Output tokens requested.
     pub requested_output_tokens: u64,
@@ -139,8 +147,35 @@ pub struct StreamOpts {
     pub temperature: f64,
     /// Limit on the whole request.
     pub request_timeout: Duration,
-    /// Limit on the first token.
+    /// Limit on the first token (streamed requests only: a whole response's first token
+    /// arrives with its last, under `request_timeout`).
     pub ttft_timeout: Option<Duration>,
+    /// Share of requests sent streamed, 0..=1 (1: all).
+    pub stream_fraction: f64,
+    /// The run's seed: with the index, it decides which requests are streamed.
+    pub seed: u64,
+}
+
+impl StreamOpts {
+    /// Whether request `index` is streamed ([`stream_choice`]).
+    pub fn streamed(&self, index: usize) -> bool {
+        stream_choice(self.seed, index, self.stream_fraction)
+    }
+}
+
+/// Whether request `index` of a run seeded `seed` is streamed, for a share `fraction` of
+/// streamed requests: a uniform draw in [0, 1) from a hash of seed and index (the same
+/// every run; independent of concurrency and timing) below `fraction`. A `fraction` of 1
+/// or more streams every request, 0 or less (or NaN) none.
+pub fn stream_choice(seed: u64, index: usize, fraction: f64) -> bool {
+    // splitmix64 of the seed's stream of indices.
+    let mut z = (seed ^ 0x5712_ea3f_0c4d_91b7)
+        .wrapping_add((index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    u < fraction
 }
 
 /// An OpenAI-compatible endpoint.
@@ -297,15 +332,17 @@ impl Client {
         resp.text().await.ok()
     }
 
-    /// The JSON body of one streamed request.
-    pub fn body(item: &WorkItem, opts: &StreamOpts) -> Value {
+    /// The JSON body of one request, streamed (with usage in the stream) or not.
+    pub fn body(item: &WorkItem, opts: &StreamOpts, streamed: bool) -> Value {
         let mut body = json!({
             "model": opts.model,
             "max_tokens": item.output_len,
             "temperature": opts.temperature,
-            "stream": true,
-            "stream_options": {"include_usage": true},
+            "stream": streamed,
         });
+        if streamed {
+            body["stream_options"] = json!({"include_usage": true});
+        }
         match (&item.prompt, opts.chat) {
             (Prompt::Text(text), false) => body["prompt"] = json!(text),
             (Prompt::Text(text), true) => {
@@ -324,12 +361,14 @@ impl Client {
         body
     }
 
-    /// Sends one streamed request and measures it. `run_start` is the run's time origin.
-    pub async fn stream(
+    /// Sends one request, streamed or whole, and measures it. `run_start` is the run's
+    /// time origin.
+    pub async fn send(
         &self,
         index: usize,
         item: &WorkItem,
         opts: &StreamOpts,
+        streamed: bool,
         run_start: Instant,
         cancel: &CancelToken,
     ) -> RequestRecord {
@@ -338,6 +377,7 @@ impl Client {
             index,
             start_s: start.duration_since(run_start).as_secs_f64(),
             outcome: Outcome::Ok,
+            streamed,
             ttft_s: None,
             e2e_s: 0.0,
             itl_s: Vec::new(),
@@ -351,9 +391,9 @@ impl Client {
         let first_deadline = opts
             .ttft_timeout
             .map(|t| tokio::time::Instant::from_std(start + t))
-            .filter(|d| *d < deadline);
+            .filter(|d| *d < deadline && streamed);
         let outcome = tokio::select! {
-            o = self.stream_inner(item, opts, start, first_deadline, &mut rec) => o,
+            o = self.send_inner(item, opts, start, first_deadline, &mut rec) => o,
             _ = tokio::time::sleep_until(deadline) => failed(ErrorKind::Timeout, "request timeout"),
             _ = cancel.cancelled() => Outcome::Cancelled,
         };
@@ -362,7 +402,7 @@ impl Client {
         rec
     }
 
-    async fn stream_inner(
+    async fn send_inner(
         &self,
         item: &WorkItem,
         opts: &StreamOpts,
@@ -377,7 +417,7 @@ impl Client {
         };
         let send = self
             .request(reqwest::Method::POST, path)
-            .json(&Self::body(item, opts))
+            .json(&Self::body(item, opts, rec.streamed))
             .send();
         let Some(sent) = until(first_deadline, send).await else {
             return failed(ErrorKind::FirstTokenTimeout, "no response headers in time");
@@ -395,6 +435,9 @@ impl Client {
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             return failed(ErrorKind::Http(status.as_u16()), &text);
+        }
+        if !rec.streamed {
+            return whole(resp, rec).await;
         }
         let mut decoder = SseDecoder::default();
         let mut body = resp.bytes_stream();
@@ -458,6 +501,38 @@ impl Client {
     }
 }
 
+/// Reads a whole (non-streamed) response into `rec`: usage, else the words of the text.
+async fn whole(resp: reqwest::Response, rec: &mut RequestRecord) -> Outcome {
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return failed(ErrorKind::DroppedStream, &error_chain(&e)),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    match parse_chunk(&text) {
+        Err(e) => failed(ErrorKind::MalformedChunk, &e),
+        Ok(Chunk::Error(msg)) => failed(ErrorKind::StreamError, &msg),
+        Ok(Chunk::Done) => failed(ErrorKind::MalformedChunk, "[DONE] instead of a response"),
+        Ok(Chunk::Data {
+            text,
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
+        }) => {
+            if finish_reason.is_none() && text.is_empty() {
+                return failed(ErrorKind::MalformedChunk, "a response without a choice");
+            }
+            if let (Some(p), Some(c)) = (prompt_tokens, completion_tokens) {
+                rec.prompt_tokens = p;
+                rec.output_tokens = c;
+                rec.usage_reported = true;
+            } else {
+                rec.output_tokens = text.split_whitespace().count() as u64;
+            }
+            Outcome::Ok
+        }
+    }
+}
+
 fn finish_counts(rec: &mut RequestRecord, content_chunks: u64) {
     if !rec.usage_reported {
         rec.output_tokens = content_chunks;
@@ -491,4 +566,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_choice_is_seeded_and_streams_about_the_fraction() {
+        let share = |seed, f| (0..10_000).filter(|&i| stream_choice(seed, i, f)).count();
+        for f in [0.1, 0.5, 0.9] {
+            let n = share(3, f) as f64 / 10_000.0;
+            assert!((n - f).abs() < 0.02, "{n} for {f}");
+        }
+        assert_eq!((share(3, 0.0), share(3, 1.0)), (0, 10_000));
+        assert_eq!(share(3, f64::NAN), 0);
+        let pick = |seed| {
+            (0..64)
+                .map(|i| stream_choice(seed, i, 0.5))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(3), pick(3));
+        assert_ne!(pick(3), pick(4));
+    }
 }

@@ -159,6 +159,9 @@ pub struct BenchConfig {
     pub cost: Option<CostSpec>,
     /// Seed for prompts, lengths and arrivals.
     pub seed: u64,
+    /// Share of requests sent streamed (0..=1), chosen per request from the seed; the
+    /// others are sent whole (`stream: false`) and have no TTFT, TPOT or ITL.
+    pub stream_fraction: f64,
     /// Send `ignore_eos` and `min_tokens` so output lengths are exact.
     pub ignore_eos: bool,
     /// Sampling temperature.
@@ -176,7 +179,8 @@ pub const DEFAULT_NUM_REQUESTS: usize = 200;
 
 impl BenchConfig {
     /// Defaults: 256 prompt / 128 output tokens, closed loop at concurrency 1, 200
-    /// requests, no warm-up, 300 s request timeout, seed 0, `ignore_eos`, greedy.
+    /// requests, no warm-up, 300 s request timeout, seed 0, every request streamed,
+    /// `ignore_eos`, greedy.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -197,6 +201,7 @@ impl BenchConfig {
             slo: Slo::default(),
             cost: None,
             seed: 0,
+            stream_fraction: 1.0,
             ignore_eos: true,
             temperature: 0.0,
             tokenizer: TokenizerSource::Auto,

@@ -84,6 +84,9 @@ pub struct PhaseResult {
     pub records: Vec<RequestRecord>,
     /// Wall time from the phase's start to its last request's end.
     pub duration: Duration,
+    /// The phase's start (the origin of the records' `start_s`), in seconds since the Unix
+    /// epoch.
+    pub started_unix_s: f64,
     /// True when cancellation cut the phase short.
     pub interrupted: bool,
 }
@@ -98,6 +101,7 @@ pub async fn run_phase(
     live: Arc<Live>,
 ) -> PhaseResult {
     let start = Instant::now();
+    let started_unix_s = unix_now();
     let deadline = duration.map(|d| start + d);
     let limit = max_requests.unwrap_or(usize::MAX);
     let may_start = move |i: usize, cancel: &CancelToken| {
@@ -167,15 +171,24 @@ pub async fn run_phase(
     PhaseResult {
         records: live.take(),
         duration: start.elapsed(),
+        started_unix_s,
         interrupted: phase.cancel.is_cancelled(),
     }
 }
 
+/// Seconds since the Unix epoch (0 for a clock set before it).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 async fn one(phase: &Phase, i: usize, start: Instant) -> RequestRecord {
     let item = &phase.items[i % phase.items.len().max(1)];
+    let streamed = phase.opts.streamed(i);
     phase
         .client
-        .stream(i, item, &phase.opts, start, &phase.cancel)
+        .send(i, item, &phase.opts, streamed, start, &phase.cancel)
         .await
 }
 

@@ -67,7 +67,9 @@ pub enum Chunk {
     Error(String),
 }
 
-/// Reads one payload; `Err` when it is not `[DONE]` and not a JSON object.
+/// Reads one payload (or a whole non-streamed response, whose chat choices carry
+/// `message` where a stream's carry `delta`); `Err` when it is not `[DONE]` and not a
+/// JSON object.
 pub fn parse_chunk(payload: &str) -> Result<Chunk, String> {
     let payload = payload.trim();
     if payload == "[DONE]" {
@@ -92,7 +94,8 @@ pub fn parse_chunk(payload: &str) -> Result<Chunk, String> {
     let text = choice
         .map(|c| {
             let direct = c.get("text").and_then(Value::as_str);
-            let delta = c.get("delta");
+            // A stream's chat chunks carry `delta`, a whole chat response `message`.
+            let delta = c.get("delta").or_else(|| c.get("message"));
             let content = delta.and_then(|d| d.get("content")).and_then(Value::as_str);
             let reasoning = delta
                 .and_then(|d| d.get("reasoning_content"))
@@ -159,6 +162,13 @@ mod tests {
         assert!(
             matches!(c, Ok(Chunk::Data { ref text, ref finish_reason, .. })
             if text == "yo" && finish_reason.as_deref() == Some("length"))
+        );
+        // A whole (non-streamed) chat response: `message`, with usage.
+        let c = parse_chunk(
+            r#"{"choices":[{"message":{"role":"assistant","content":"a b"},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#,
+        );
+        assert!(
+            matches!(c, Ok(Chunk::Data { ref text, completion_tokens: Some(2), .. }) if text == "a b")
         );
         let c = parse_chunk(r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#);
         assert!(matches!(

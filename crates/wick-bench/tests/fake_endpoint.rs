@@ -330,3 +330,114 @@ async fn open_loop_at_a_finite_rate_honours_count_and_duration() {
     // Constant arrivals every 50 ms within 500 ms: at most 10 starts (index 0..=9).
     assert!(r.ok <= 10, "{}", r.ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_fraction_mixes_streamed_and_whole_requests_by_seed() {
+    use wick_bench::client::stream_choice;
+    let fake = start(vec![Behavior::Ok], true, Duration::ZERO).await;
+    let config = BenchConfig {
+        workload: synthetic(16, 6),
+        load: LoadSpec::Closed { concurrency: 4 },
+        num_requests: Some(40),
+        tokenizer: TokenizerSource::Server,
+        seed: 7,
+        stream_fraction: 0.5,
+        // Never applies to whole responses: their first token comes with their last.
+        ttft_timeout: Some(Duration::from_secs(30)),
+        slo: Slo {
+            ttft_ms: Some(60_000.0),
+            tpot_ms: Some(60_000.0),
+            ..Slo::default()
+        },
+        ..BenchConfig::new(fake.url.clone())
+    };
+    let r = run_benchmark(&config, &CancelToken::new()).await.unwrap();
+    assert_eq!((r.requests, r.ok, r.failed), (40, 40, 0), "{:?}", r.errors);
+    // The choice is the seed's, per index.
+    for x in &r.records {
+        assert_eq!(x.streamed, stream_choice(7, x.index, 0.5), "{}", x.index);
+    }
+    let streamed = r.records.iter().filter(|x| x.streamed).count();
+    assert_eq!(r.streamed, streamed);
+    assert!((10..=30).contains(&streamed), "{streamed} of 40 streamed");
+    // What went over the wire agrees with the records.
+    let bodies = fake.state.bodies.lock().unwrap().clone();
+    let sent_streamed = bodies.iter().filter(|(_, b)| b["stream"] == true).count();
+    assert_eq!(sent_streamed, streamed);
+    for (_, b) in bodies.iter().filter(|(_, b)| b["stream"] == false) {
+        assert!(b.get("stream_options").is_none(), "{b}");
+        assert_eq!(
+            (b["max_tokens"].as_u64(), b["min_tokens"].as_u64()),
+            (Some(6), Some(6))
+        );
+    }
+    // Whole responses: no TTFT/ITL, counts from usage, measured end to end.
+    for x in r.records.iter().filter(|x| !x.streamed) {
+        assert!(x.ttft_s.is_none() && x.itl_s.is_empty() && x.tpot_s().is_none());
+        assert!(x.usage_reported && x.output_tokens == 6 && x.prompt_tokens == 16);
+        assert!(x.e2e_s > 0.0);
+    }
+    assert_eq!(r.ttft_ms.count, streamed);
+    assert_eq!(r.tpot_ms.count, streamed);
+    assert_eq!(r.e2e_ms.count, 40);
+    assert_eq!((r.total_output_tokens, r.short_outputs), (240, 0));
+    // Whole responses meet a TTFT objective by their e2e, and have no TPOT to miss.
+    assert_eq!(r.goodput.unwrap().fraction, 1.0);
+    assert!(r
+        .render()
+        .contains(&format!("40 ok, 0 failed (0.0%), {streamed} streamed")));
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["records"][0]["streamed"], r.records[0].streamed);
+    assert!(v["started_unix_s"].as_f64().unwrap() > 1.7e9);
+
+    // The same seed makes the same choice again; the ends of the range are all or none.
+    let again = run_benchmark(&config, &CancelToken::new()).await.unwrap();
+    let choice = |r: &wick_bench::Report| r.records.iter().map(|x| x.streamed).collect::<Vec<_>>();
+    assert_eq!(choice(&again), choice(&r));
+    for (fraction, expected) in [(0.0, 0), (1.0, 40)] {
+        let c = BenchConfig {
+            stream_fraction: fraction,
+            ..config.clone()
+        };
+        let r = run_benchmark(&c, &CancelToken::new()).await.unwrap();
+        assert_eq!((r.ok, r.streamed), (40, expected));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_responses_fail_by_kind_and_none_crashes_the_tool() {
+    use Behavior::*;
+    // Chat: the whole response's text is in `message`, not `delta`.
+    let fake = start(
+        vec![Ok, Http429, Cut, Abort, Malformed, StreamError, Stall],
+        true,
+        Duration::ZERO,
+    )
+    .await;
+    let config = BenchConfig {
+        workload: synthetic(8, 5),
+        endpoint: wick_bench::EndpointKind::Chat,
+        load: LoadSpec::Closed { concurrency: 7 },
+        num_requests: Some(14),
+        stream_fraction: 0.0,
+        request_timeout: Duration::from_secs(2),
+        ..BenchConfig::new(fake.url.clone())
+    };
+    let r = run_benchmark(&config, &CancelToken::new()).await.unwrap();
+    assert_eq!((r.requests, r.ok, r.failed, r.streamed), (14, 2, 12, 0));
+    let count = |k: &str| r.errors.get(k).copied().unwrap_or(0);
+    assert_eq!(count("http_429"), 2, "{:?}", r.errors);
+    assert_eq!(count("malformed_chunk"), 4, "{:?}", r.errors);
+    assert_eq!(count("dropped_stream"), 2, "{:?}", r.errors);
+    assert_eq!(count("stream_error"), 2, "{:?}", r.errors);
+    assert_eq!(count("timeout"), 2, "{:?}", r.errors);
+    assert_eq!(r.error_examples["stream_error"], "engine overloaded");
+    assert_eq!(r.total_output_tokens, 2 * 5);
+    assert!(fake
+        .state
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(p, b)| p == "/v1/chat/completions" && b["stream"] == false));
+}

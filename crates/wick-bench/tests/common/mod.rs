@@ -1,8 +1,9 @@
 //! A small fake OpenAI-compatible server for the integration tests: axum on
 //! 127.0.0.1:0, a word-level `/tokenize`/`/detokenize`, Prometheus `/metrics`, and
-//! streaming completions whose behaviour follows a schedule by arrival order (success,
-//! 429, a stream cut mid-way, an aborted connection, a malformed chunk, a slow first
-//! token, an in-band error, a stall after the first token).
+//! completions, streamed or whole (`stream: false`), whose behaviour follows a schedule
+//! by arrival order (success, 429, a stream cut mid-way, an aborted connection, a
+//! malformed chunk, a slow first token, an in-band error, a stall after the first token;
+//! a whole response does the same to its one body).
 
 #![allow(dead_code)]
 
@@ -213,6 +214,7 @@ fn respond(s: Arc<FakeState>, path: &str, body: Value, prompt_tokens: u64, chat:
     let n = s.arrivals.fetch_add(1, Ordering::SeqCst);
     let behavior = s.schedule[n % s.schedule.len()];
     let max_tokens = body["max_tokens"].as_u64().unwrap_or(16);
+    let stream = body["stream"] == true;
     s.bodies.lock().unwrap().push((path.to_string(), body));
     if behavior == Behavior::Http429 {
         let err = json!({"error": {"message": "rate limited", "type": "rate_limit"}});
@@ -220,6 +222,9 @@ fn respond(s: Arc<FakeState>, path: &str, body: Value, prompt_tokens: u64, chat:
     }
     let in_flight = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     s.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+    if !stream {
+        return whole(s, behavior, max_tokens, prompt_tokens, chat);
+    }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
         if !produce(&s, behavior, max_tokens, prompt_tokens, chat, &tx).await {
@@ -287,4 +292,69 @@ async fn produce(
     };
     let _ = tx.send(tail).await;
     matches!(behavior, Behavior::Ok | Behavior::Short)
+}
+
+/// A whole (non-streamed) response under `behavior`: the JSON completion with usage, or
+/// a body cut short, broken, not JSON, an error object, or one sent after a minute.
+fn whole(
+    s: Arc<FakeState>,
+    behavior: Behavior,
+    max_tokens: u64,
+    prompt_tokens: u64,
+    chat: bool,
+) -> Response {
+    let tokens = match behavior {
+        Behavior::Short => max_tokens / 2,
+        _ => max_tokens,
+    };
+    let text = " tok".repeat(tokens as usize);
+    let choice = if chat {
+        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"})
+    } else {
+        json!({"index": 0, "text": text, "finish_reason": "length"})
+    };
+    let full = json!({"choices": [choice], "usage": {"prompt_tokens": prompt_tokens,
+        "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}})
+    .to_string();
+    let half = full[..full.len() / 2].to_string();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let delay = s.token_delay * tokens as u32;
+        tokio::time::sleep(delay).await;
+        let parts: Vec<Result<Bytes, std::io::Error>> = match behavior {
+            Behavior::Ok | Behavior::Short => {
+                s.generation_tokens.fetch_add(tokens, Ordering::SeqCst);
+                s.prompt_tokens.fetch_add(prompt_tokens, Ordering::SeqCst);
+                s.successes.fetch_add(1, Ordering::SeqCst);
+                vec![Ok(Bytes::from(full))]
+            }
+            Behavior::Cut => vec![Ok(Bytes::from(half))],
+            Behavior::Abort => vec![
+                Ok(Bytes::from(half)),
+                Err(std::io::Error::other("connection reset")),
+            ],
+            Behavior::Malformed => vec![Ok(Bytes::from_static(b"{\"choices\": [{\"text\": "))],
+            Behavior::StreamError => vec![Ok(Bytes::from_static(
+                b"{\"error\": {\"message\": \"engine overloaded\"}}",
+            ))],
+            Behavior::SlowFirst | Behavior::Stall => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                vec![Ok(Bytes::from(full))]
+            }
+            Behavior::Http429 => Vec::new(),
+        };
+        s.in_flight.fetch_sub(1, Ordering::SeqCst);
+        for p in parts {
+            if tx.send(p).await.is_err() {
+                break;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(body))
+        .unwrap()
 }
