@@ -11,6 +11,7 @@ mod api;
 mod bench;
 mod deploy;
 mod errors;
+mod failover;
 mod faults;
 mod fetch;
 mod generate;

@@ -48,10 +48,29 @@ impl Server {
         extra: &[&str],
         tls_ca: Option<&Path>,
     ) -> Server {
+        Self::launch_env(exe, model, name, extra, tls_ca, &[]).await
+    }
+
+    /// As [`Server::launch`], with `env` set in the server's environment. It listens on
+    /// any free port unless `extra` gives `--port` (a restart on the same port).
+    pub async fn launch_env(
+        exe: &Path,
+        model: &Path,
+        name: &str,
+        extra: &[&str],
+        tls_ca: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let any_port: &[&str] = if extra.contains(&"--port") {
+            &[]
+        } else {
+            &["--port", "0"]
+        };
         let mut child = Command::new(exe)
             .args(["serve", "--model"])
             .arg(model)
-            .args(["--served-model-name", name, "--port", "0"])
+            .args(["--served-model-name", name])
+            .args(any_port)
             .args(["--kv-cache-memory", "256MiB"])
             // A fixed budget: choosing one from the measured step cost takes seconds in
             // this debug build at every start (the engine's tests cover that choice).
@@ -60,6 +79,7 @@ impl Server {
             .env("RUST_LOG", "info")
             .env_remove("WICK_API_KEY")
             .env_remove("WICK_RELEASE_NAME")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
