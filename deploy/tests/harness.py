@@ -58,6 +58,32 @@ HOSTS = {
     },
 }
 
+# The fleet scenarios (deploy/tests/fleet.py): node-a (above) and node-f are the stable
+# replicas behind HAProxy, node-canary the canary slot; all serve SmolLM2.
+FLEET_DIR = "/srv/wick-fleet-test"
+
+
+def _fleet_host(name, service, port):  # one user each: the role sets its home
+    d = f"{FLEET_DIR}/{name}"
+    return {
+        "prefix": f"{d}/opt", "config": f"{d}/etc", "state": f"{d}/state", "cache": f"{d}/cache",
+        "log": f"{d}/log", "units": f"{d}/systemd", "served": "smollm2", "service": service,
+        "user": service, "port": port, "key": None, "tls": None,
+    }
+
+
+FLEET = {
+    "node-f": _fleet_host("f", "wick-f", 8300),
+    "node-canary": _fleet_host("canary", "wick-canary", 8330),
+}
+# HAProxy of the fleet (deploy/ansible/haproxy.yml, under supervisord here).
+LB = {
+    "dir": f"{FLEET_DIR}/haproxy",
+    "port": 8380,
+    "stats_port": 8381,
+    "program": "haproxy-wick",
+}
+
 
 def log(msg):
     print(f"[deploy-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -97,6 +123,7 @@ def prerequisites(ansible_bin):
         ("/usr/bin/openssl", "apt-get install -y openssl"),
         ("/usr/bin/readelf", "apt-get install -y binutils"),
         ("/usr/bin/strip", "apt-get install -y binutils"),
+        ("/usr/sbin/haproxy", "apt-get install -y haproxy"),
         (os.path.join(ansible_bin, "ansible-playbook"), "scripts/ansible-venv.sh"),
     ]:
         if not os.path.exists(path):
@@ -125,13 +152,14 @@ def cleanup():
         pass
     if os.path.exists(SSHD_PIDFILE):
         os.remove(SSHD_PIDFILE)
-    for h in HOSTS.values():
-        conf = f"/etc/supervisor/conf.d/{h['service']}.conf"
+    hosts = list(HOSTS.values()) + list(FLEET.values())
+    for conf in [f"/etc/supervisor/conf.d/{h['service']}.conf" for h in hosts] + [
+            f"/etc/supervisor/conf.d/{LB['program']}.conf"]:
         if os.path.exists(conf):
             os.remove(conf)
     if supervisord_running():
         supervisorctl("update")  # removes the groups whose files are gone (stops them)
-    for h in HOSTS.values():
+    for h in hosts:
         for path in [h["prefix"], h["config"], h["state"], h["cache"], h["log"],
                      f"{h['units']}/{h['service']}@.service"]:
             if os.path.islink(path) or os.path.isfile(path):
@@ -145,6 +173,7 @@ def cleanup():
             pass
         run(["groupdel", h["user"]])
     shutil.rmtree(ALT, ignore_errors=True)
+    shutil.rmtree(FLEET_DIR, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,14 +301,14 @@ class Ansible:
         self.env.pop("ANSIBLE_VAULT_PASSWORD_FILE", None)
         self.runs = 0
 
-    def playbook(self, tarball, *extra, expect_ok=True, what=""):
+    def playbook(self, tarball, *extra, expect_ok=True, what="", play="site.yml", inventory=None):
         self.runs += 1
         cmd = [
-            os.path.join(self.bin, "ansible-playbook"), "-i", self.inventory,
-            os.path.join(ANSIBLE_DIR, "site.yml"),
+            os.path.join(self.bin, "ansible-playbook"), "-i", inventory or self.inventory,
+            os.path.join(ANSIBLE_DIR, play),
             "--vault-password-file", self.vault_pw,
             "-e", f"@{os.path.join(EXAMPLES, 'wick/vault.yml')}",
-            "-e", f"wick_release_tarball={tarball}",
+            *(["-e", f"wick_release_tarball={tarball}"] if tarball else []),
             *extra,
         ]
         t0 = time.time()
@@ -440,9 +469,7 @@ def write_inventory(tmp, ssh_port, client_key, model, tiny):
                 "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
                 "wick_model": model,
                 "wick_served_model_name": HOSTS["node-a"]["served"],
-                # f32 weights: the debug build's quantized matmul is too slow for a smoke
-                # request on 2 cores.
-                "wick_serve_flags": {"kv-cache-memory": "256MiB", "quantization": "none"},
+                "wick_serve_flags": {"kv-cache-memory": "256MiB"},
                 "wick_ready_timeout": 120,
                 "wick_drain_timeout": 5,
             },
@@ -464,11 +491,13 @@ def vault_key(ansible_bin, vault_pw):
 
 
 def lint(ansible_bin, env):
-    r = run([os.path.join(ansible_bin, "ansible-playbook"), "--syntax-check", "-i", "localhost,",
-             os.path.join(ANSIBLE_DIR, "site.yml")], env=env, cwd=ROOT)
-    check(r.returncode == 0, f"ansible-playbook --syntax-check failed:\n{r.stdout}{r.stderr}")
+    for play in ("site.yml", "haproxy.yml", "canary.yml"):
+        r = run([os.path.join(ansible_bin, "ansible-playbook"), "--syntax-check", "-i", "localhost,",
+                 os.path.join(ANSIBLE_DIR, play)], env=env, cwd=ROOT)
+        check(r.returncode == 0, f"ansible-playbook --syntax-check {play} failed:\n{r.stdout}{r.stderr}")
     t0 = time.time()
     r = run([os.path.join(ansible_bin, "ansible-lint"), "--offline", "--strict", "--nocolor",
-             "deploy/ansible/site.yml", "deploy/ansible/roles/wick"], env=env, cwd=ROOT)
+             "deploy/ansible/site.yml", "deploy/ansible/haproxy.yml", "deploy/ansible/canary.yml",
+             "deploy/ansible/roles/wick", "deploy/ansible/roles/haproxy"], env=env, cwd=ROOT)
     check(r.returncode == 0, f"ansible-lint --offline failed:\n{r.stdout}{r.stderr}")
     log(f"syntax-check and ansible-lint --offline: clean ({time.time() - t0:.0f} s)")

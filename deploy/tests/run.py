@@ -40,6 +40,7 @@ import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
+from fleet import fleet_scenarios  # noqa: E402 (deploy/tests/fleet.py)
 from harness import (  # noqa: E402 (deploy/tests/harness.py)
     Ansible,
     EXAMPLES,
@@ -89,6 +90,10 @@ def scenarios(args, tmp):
             check(not port_open(h["port"]), f"port {h['port']} is taken: the test needs it free")
 
         lint(args.ansible_bin, ansible.env)
+        if args.fleet_only:
+            tar_b, tar_d, tar_e = (build_release(args.wick, r, rel_dir) for r in "BDE")
+            fleet_scenarios(ansible, tmp, ssh_port, client_key, args.model, tar_b, tar_d, tar_e)
+            return
 
         # Releases: one debug build packed as A and B; C starts but serves another model
         # name (the smoke request fails); G needs a glibc no node has.
@@ -206,6 +211,11 @@ def scenarios(args, tmp):
             check(pid(HOSTS[n]) == pids[n], f"{n}: restarted on a second run")
         log(f"second run of B: changed=0 on both, same pids ({rc})")
 
+        # 7. The fleet behind HAProxy: rolling upgrade under load, good and bad canaries.
+        tar_d = build_release(args.wick, "D", rel_dir)
+        tar_e = build_release(args.wick, "E", rel_dir)
+        fleet_scenarios(ansible, tmp, ssh_port, client_key, args.model, tar_b, tar_d, tar_e)
+
     finally:
         # Ansible's SSH connection masters (ControlPersist) would outlive the test a minute.
         cp = os.path.join(tmp, "cp")
@@ -226,6 +236,8 @@ def main():
                    help="the tiny Llama-3 fixture with LoRA adapters (../shared/fixtures/tiny/llama3-tied)")
     p.add_argument("--ansible-bin", default=os.path.join(ROOT, ".cache/ansible-venv/bin"))
     p.add_argument("--keep", action="store_true", help="leave the installed paths and the temp dir")
+    p.add_argument("--fleet-only", action="store_true",
+                   help="only the fleet scenarios (deploy/tests/fleet.py), node-a deployed by them")
     args = p.parse_args()
     args.wick = os.path.abspath(args.wick)
     args.model = os.path.abspath(args.model)
