@@ -26,7 +26,7 @@ import types
 import urllib.error
 import urllib.request
 
-from harness import FLEET, HOSTS, LB, ROOT, Failed, check, log, pid, release_of, supervisorctl, wait_ready
+from harness import FLEET, HOSTS, LB, ROOT, Failed, check, common_vars, log, pid, release_of
 
 STABLE = ("node-a", "node-f")
 
@@ -60,16 +60,7 @@ def write_fleet_inventory(tmp, ssh_port, client_key, model, canary_key=None):
             "haproxy_check_fastinterval": "250ms",
         }}},
         "all": {"vars": {
-            "ansible_host": "127.0.0.1",
-            "ansible_port": ssh_port,
-            "ansible_user": "root",
-            "ansible_ssh_private_key_file": client_key,
-            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-            "wick_model": model,
-            "wick_served_model_name": "smollm2",
-            "wick_serve_flags": {"kv-cache-memory": "256MiB"},  # as in run.py's inventory
-            "wick_ready_timeout": 120,
-            "wick_drain_timeout": 5,  # as in run.py's inventory: node-a's config stays the same
+            **common_vars(ssh_port, client_key, model),
             "wick_require_gpu": False,
             "wick_lb_up_timeout": 30,
         }},

@@ -433,6 +433,22 @@ def assert_serving(h, release):
 # ---------------------------------------------------------------------------------------
 
 
+def common_vars(ssh_port, client_key, model):
+    """Settings every host of both inventories shares (the fleet's node-a is run.py's)."""
+    return {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": ssh_port,
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": client_key,
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "wick_model": model,
+        "wick_served_model_name": HOSTS["node-a"]["served"],
+        "wick_serve_flags": {"kv-cache-memory": "256MiB"},
+        "wick_ready_timeout": 120,
+        "wick_drain_timeout": 5,
+    }
+
+
 def write_inventory(tmp, ssh_port, client_key, model, tiny):
     """node-a: SmolLM2 (`model`) with the role's defaults. node-b: the tiny Llama-3 fixture
     directory `tiny` and two of its LoRA adapters, one copied from the controller and one
@@ -461,18 +477,7 @@ def write_inventory(tmp, ssh_port, client_key, model, tiny):
                     ],
                 },
             },
-            "vars": {
-                "ansible_host": "127.0.0.1",
-                "ansible_port": ssh_port,
-                "ansible_user": "root",
-                "ansible_ssh_private_key_file": client_key,
-                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-                "wick_model": model,
-                "wick_served_model_name": HOSTS["node-a"]["served"],
-                "wick_serve_flags": {"kv-cache-memory": "256MiB"},
-                "wick_ready_timeout": 120,
-                "wick_drain_timeout": 5,
-            },
+            "vars": common_vars(ssh_port, client_key, model),
         }
     }
     path = os.path.join(tmp, "inventory.json")
