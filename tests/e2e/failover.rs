@@ -541,15 +541,28 @@ async fn haproxy_fails_over_a_killed_and_a_drained_replica() {
     }
 
     // The figures (BENCHMARKS.md).
-    let all: Vec<&Rec> = recs.iter().collect();
-    let before: Vec<&Rec> = recs
-        .iter()
-        .filter(|r| r.start_s < t("kill_before"))
-        .collect();
-    let during: Vec<&Rec> = (recs.iter())
-        .filter(|r| r.start_s >= t("kill_before") && r.start_s < t("r1_up"))
-        .collect();
-    let after: Vec<&Rec> = recs.iter().filter(|r| r.start_s >= t("r1_up")).collect();
+    // By start time: before the SIGKILL; r0 out (SIGKILL to UP again); all three up
+    // between the faults; r1 out (SIGTERM to UP again); after both are back.
+    let window = |from: f64, to: f64| -> Vec<&Rec> {
+        (recs.iter())
+            .filter(|r| r.start_s >= from && r.start_s < to)
+            .collect()
+    };
+    let rows = [
+        figures("baseline, no fault", &base.iter().collect::<Vec<_>>()),
+        figures("before the SIGKILL", &window(f64::MIN, t("kill_before"))),
+        figures(
+            "r0 SIGKILLed, until UP again",
+            &window(t("kill_before"), t("r0_up")),
+        ),
+        figures("between the faults", &window(t("r0_up"), t("term_before"))),
+        figures(
+            "r1 SIGTERMed, until UP again",
+            &window(t("term_before"), t("r1_up")),
+        ),
+        figures("after both are UP again", &window(t("r1_up"), f64::MAX)),
+        figures("whole run with faults", &window(f64::MIN, f64::MAX)),
+    ];
     let by_replica = |name: &str| {
         let mine: Vec<&Rec> = (recs.iter())
             .filter(|r| r.replica.as_deref() == Some(name))
@@ -564,17 +577,13 @@ async fn haproxy_fails_over_a_killed_and_a_drained_replica() {
     eprintln!(
         "failover figures ({n} requests, baseline {baseline_n}; 3 replicas, 1 thread each):\n\
          | window | requests | lost | error rate | p95 TTFT ms | p95 TPOT ms | p95 e2e ms |\n\
-         |---|---|---|---|---|---|---|\n{}\n{}\n{}\n{}\n{}\n\
+         |---|---|---|---|---|---|---|\n{}\n\
          timeline (s from the bench's start): r0 SIGKILL {:.1}, ready {:.1}, UP {:.1}; \
          r1 SIGTERM {:.1}, exited {:.1}, ready {:.1}, UP {:.1}; end {:.1}\n\
          lost: {} streams ({:?}), all in flight on r0 at its SIGKILL; per replica: {}\n\
          HAProxy: {} retries, {} redispatches\n\
          test setup {setup_s:.0} s, baseline {baseline_s:.0} s, faults {:.0} s, whole test {:.0} s",
-        figures("baseline, no fault", &base.iter().collect::<Vec<_>>()),
-        figures("before the SIGKILL", &before),
-        figures("SIGKILL to r1 UP again", &during),
-        figures("after both UP again", &after),
-        figures("whole run with faults", &all),
+        rows.join("\n"),
         t("kill_before"),
         t("r0_ready"),
         t("r0_up"),
