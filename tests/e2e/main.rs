@@ -15,6 +15,7 @@ mod failover;
 mod faults;
 mod fetch;
 mod generate;
+mod haproxy;
 mod kubernetes;
 mod lifecycle;
 mod lora;
