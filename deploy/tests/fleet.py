@@ -1,12 +1,13 @@
 """The fleet scenarios of the deploy test (run by deploy/tests/run.py after its own, on
 the same sshd): HAProxy (deploy/ansible/haproxy.yml) in front of two stable replicas
-(node-a, already on release B, and node-f) and a canary slot (node-canary), all SmolLM2,
+(node-a, already on release A, and node-f) and a canary slot (node-canary), all SmolLM2,
 with a client sending requests through HAProxy the whole time (streaming and not).
 
 - HAProxy rendered and started by the playbook; node-f joins through site.yml.
 - A good canary (release D): deployed to the slot, given traffic, watched, promoted: D is
   rolled out to node-a and node-f one at a time, each drained in HAProxy first, under
-  load: not one request fails, and the canary slot ends at weight 0, stopped.
+  load: not one request fails, each keeps only D (wick_keep_releases=1), and the canary
+  slot ends at weight 0, stopped.
 - A bad canary (release E on a slot that wants an API key the balancer does not send):
   rolled back by itself, the play failing with the reason; the slot ends at weight 0 and
   stopped; the stable replicas keep their processes and release, and no request they
@@ -26,7 +27,7 @@ import types
 import urllib.error
 import urllib.request
 
-from harness import FLEET, HOSTS, LB, ROOT, Failed, check, common_vars, log, pid, release_of
+from harness import FLEET, HOSTS, LB, ROOT, Failed, check, common_vars, log, pid, release_of, releases
 
 STABLE = ("node-a", "node-f")
 
@@ -243,19 +244,20 @@ def check_canary_module():
         check(v == verdict and why in reason, f"judge({canary}, final={final}): {v} {reason!r}")
 
 
-def fleet_scenarios(ansible, tmp, ssh_port, client_key, model, tar_b, tar_d, tar_e):
+def fleet_scenarios(ansible, tmp, ssh_port, client_key, model, tar_base, tar_d, tar_e):
+    """tar_base: the release node-a runs already (A), which node-f joins on."""
     check_canary_module()
     fleet_inv = write_fleet_inventory(tmp, ssh_port, client_key, model)
     for name in ("node-f", "node-canary"):
         check(not host_port_open(host(name)), f"port {host(name)['port']} is taken")
 
-    # 1. HAProxy, then node-f joins (node-a runs B already: nothing changes there).
+    # 1. HAProxy, then node-f joins on the release node-a runs already (nothing changes there).
     ansible.playbook(None, play="haproxy.yml", inventory=fleet_inv, what="HAProxy for the fleet")
     servers = lb_servers()
     check(set(servers) == {"node-a-0", "node-f-0", "node-canary-0"}, f"HAProxy's servers: {servers}")
     check(servers["node-canary-0"]["weight"] == 0, f"the canary slot has weight: {servers}")
     pid_a = pid(HOSTS["node-a"]) if host_port_open(HOSTS["node-a"]) else None
-    ansible.playbook(tar_b, "-e", "wick_serial=2", inventory=fleet_inv, what="node-f joins the fleet (B)")
+    ansible.playbook(tar_base, "-e", "wick_serial=2", inventory=fleet_inv, what="node-f joins the fleet")
     check(pid_a is None or pid(HOSTS["node-a"]) == pid_a, "node-a restarted though nothing changed for it")
     wait_lb(lambda s: all(s[f"{n}-0"]["status"].startswith("UP") for n in STABLE), "both stable replicas UP")
     load = Load().start()
@@ -265,9 +267,11 @@ def fleet_scenarios(ansible, tmp, ssh_port, client_key, model, tar_b, tar_d, tar
         check(first and not failures(first), f"requests through HAProxy fail: {failures(first)[:3]}")
         log(f"HAProxy in front of node-a and node-f: {len(first)} requests in 3 s ({summary(first)})")
 
-        # 2. A good canary (D): promoted, then D rolled out to both stable replicas under load.
+        # 2. A good canary (D): promoted, then D rolled out to both stable replicas under load,
+        # keeping one release (the older ones pruned).
         t0 = time.time()
-        out = ansible.playbook(tar_d, "-e", "wick_canary_weight=30", "-e", "wick_canary_window=20",
+        out = ansible.playbook(tar_d, "-e", "wick_keep_releases=1",
+                               "-e", "wick_canary_weight=30", "-e", "wick_canary_window=20",
                                "-e", "wick_canary_interval=2", "-e", "wick_canary_min_requests=5",
                                "-e", "wick_canary_max_ttft_ratio=3", "-e", "wick_canary_ttft_slack=1",
                                play="canary.yml", inventory=fleet_inv, what="good canary D")
@@ -279,11 +283,13 @@ def fleet_scenarios(ansible, tmp, ssh_port, client_key, model, tar_b, tar_d, tar
         check("node-canary-0" in served, f"the canary served nothing: {summary(during)}")
         for n in STABLE:
             check(release_of(host(n)) == "D", f"{n} is not on D after the promotion")
+            check(releases(host(n)) == ["D"], f"{n}: releases after pruning to 1: {releases(host(n))}")
         servers = wait_lb(lambda s: s["node-canary-0"]["weight"] == 0 and not s["node-canary-0"]["status"].startswith("UP"),
                           "the canary slot out of rotation")
         check(not host_port_open(host("node-canary")), "the promoted canary slot still runs")
         streamed = sum(r["stream"] for r in during)
-        log(f"good canary D: promoted; rolled out to node-a and node-f under load: {len(during)} requests "
+        log(f"good canary D: promoted; rolled out to node-a and node-f under load, older releases "
+            f"pruned: {len(during)} requests "
             f"({streamed} streamed), none failed ({summary(during)})")
 
         # 3. A bad canary (E): the slot wants an API key the balancer does not send.
@@ -294,7 +300,7 @@ def fleet_scenarios(ansible, tmp, ssh_port, client_key, model, tar_b, tar_d, tar
                                "-e", "wick_canary_interval=2", "-e", "wick_canary_min_requests=5",
                                play="canary.yml", inventory=bad_inv, expect_ok=False, what="bad canary E")
         during = load.take(t1)
-        m = re.search(r"canary of release E ROLLED BACK: ([^\"]*)", out)
+        m = re.search(r"canary of release E ROLLED BACK: ([^\"\n]*)", out)
         check(m is not None and "error rate" in m.group(1), f"no rollback naming the error rate:\n{out[-6000:]}")
         for n in STABLE:
             check(pid(host(n)) == pids[n], f"{n} was restarted by a rolled-back canary")

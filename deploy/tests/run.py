@@ -14,13 +14,14 @@ is no systemd as PID 1 here, so the role runs wick under supervisord (Debian's
 Scenarios, each asserted: ansible-lint --offline and --syntax-check; the preflight fails
 on this GPU-less host naming what is missing (GPU, glibc of a release that needs more,
 API key for a non-loopback bind) and installs nothing; release A deploys to both hosts
-(ready, chat completion, /version A, the service user, the secrets file's mode); release B
-upgrades both; a broken release C (ready, but serving another model name, so the smoke
-request fails) is rolled back to B on node-a, node-b is never touched and the play fails
-naming host and step; SIGKILL of wick is answered by the supervisor's restart; a second
-run of B changes nothing (changed=0) and restarts nothing (same pids); pruning keeps
-wick_keep_releases. Everything installed is removed at the end, also on failure, and at
-the start (leftovers of an interrupted run).
+(ready, chat completion, /version A, the service user, the secrets file's mode); a broken
+release C (ready, but with a context too short for the smoke request) is rolled back to A
+on node-a, node-b is never touched and the play fails naming host and step; SIGKILL of
+wick is answered by the supervisor's restart; a second run of A changes nothing
+(changed=0) and restarts nothing (same pids); then the fleet (deploy/tests/fleet.py):
+HAProxy, a good canary promoted by a rolling upgrade under load (each host drained first,
+pruning to wick_keep_releases=1), a bad canary rolled back. Everything installed is
+removed at the end, also on failure, and at the start (leftovers of an interrupted run).
 
 Usage: deploy/tests/run.py --wick target/debug/wick --model <SmolLM2 gguf>
          --tiny-model ../shared/fixtures/tiny/llama3-tied
@@ -91,14 +92,13 @@ def scenarios(args, tmp):
 
         lint(args.ansible_bin, ansible.env)
         if args.fleet_only:
-            tar_b, tar_d, tar_e = (build_release(args.wick, r, rel_dir) for r in "BDE")
-            fleet_scenarios(ansible, tmp, ssh_port, client_key, args.model, tar_b, tar_d, tar_e)
+            tar_a, tar_d, tar_e = (build_release(args.wick, r, rel_dir) for r in "ADE")
+            fleet_scenarios(ansible, tmp, ssh_port, client_key, args.model, tar_a, tar_d, tar_e)
             return
 
-        # Releases: one debug build packed as A and B; C starts but serves another model
+        # Releases: this build packed as A (D and E for the fleet, below); C starts but serves another model
         # name (the smoke request fails); G needs a glibc no node has.
         tar_a = build_release(args.wick, "A", rel_dir)
-        tar_b = build_release(args.wick, "B", rel_dir)
         broken = (f"#!/bin/sh\n# Broken on purpose: ready, but with a context too short for the smoke request.\n"
                   f"exec {args.wick} \"$@\" --release-name C --max-model-len 8\n")
         tar_c = craft_release("C", rel_dir, {"bin/wick": (broken, 0o755)}, {})
@@ -159,35 +159,27 @@ def scenarios(args, tmp):
         check("WICK_API_KEY='" + b["key"] in open(os.path.join(b["config"], "env")).read(), "node-b: key not in env")
         log("deploy A: both hosts ready, chat completions answer, /version A; node-b over HTTPS, behind its key, with both adapters")
 
-        # 3. Upgrade to B, one host at a time (the default), keeping 1 release: A goes.
-        pids = {n: pid(h) for n, h in HOSTS.items()}
-        ansible.playbook(tar_b, *no_gpu, "-e", "wick_keep_releases=1", what="upgrade to B")
-        for n, h in HOSTS.items():
-            assert_serving(h, "B")
-            check(pid(h) != pids[n], f"{n}: not restarted for B")
-            check(releases(h) == ["B"], f"{n}: releases after pruning to 1: {releases(h)}")
-        log("upgrade to B: /version B on both; A pruned (wick_keep_releases=1)")
-
-        # 4. Broken C: node-a rolls back to B, node-b is never touched.
+        # 3. Broken C: node-a rolls back to A, node-b is never touched. (Upgrades that succeed,
+        # one host at a time and each drained first, and pruning are the fleet's, below.)
         pids = {n: pid(h) for n, h in HOSTS.items()}
         out = ansible.playbook(tar_c, *no_gpu, expect_ok=False, what="broken C")
         fa = failure_message(out, "node-a")
         check("wick rollout of release C FAILED on host node-a at step smoke" in fa,
               f"the failure does not name host and step:\n{out[-8000:]}")
-        check("rolled back to release B: healthy" in fa, f"no healthy rollback reported:\n{fa}")
+        check("rolled back to release A: healthy" in fa, f"no healthy rollback reported:\n{fa}")
         check("Last log lines of wick (supervisord)" in fa and "release=C" in fa and "max_model_len=8" in fa,
               f"the failure does not show the service's log lines:\n{fa}")
         check(failure_message(out, "node-b") == "", "node-b failed too")
         rc = recap(out)
         check(rc.get("node-a", {}).get("failed") == 1, f"recap: {rc}")
         for h in (a, b):
-            assert_serving(h, "B")
+            assert_serving(h, "A")
         check(pid(b) == pids["node-b"], "node-b was restarted")
         check("C" not in releases(b), "node-b got release C")
         check(pid(a) != pids["node-a"], "node-a was not restarted back")
-        log("broken C: node-a rolled back to B and healthy, node-b untouched, the play failed naming host and step")
+        log("broken C: node-a rolled back to A and healthy, node-b untouched, the play failed naming host and step")
 
-        # 5. SIGKILL: the supervisor restarts wick.
+        # 4. SIGKILL: the supervisor restarts wick.
         for h in (a, b):
             old = pid(h)
             os.kill(old, signal.SIGKILL)
@@ -199,22 +191,23 @@ def scenarios(args, tmp):
                 time.sleep(0.5)
             check(pid(h) != old, f"{h['service']} was not restarted after SIGKILL")
             wait_ready(h)
-            check(release_of(h) == "B", "not B after the restart")
+            check(release_of(h) == "A", "not A after the restart")
         log("SIGKILL: restarted by supervisord and ready again")
 
-        # 6. The same release again: nothing changes, nothing restarts.
+        # 5. The same release again: nothing changes, nothing restarts.
         pids = {n: pid(h) for n, h in HOSTS.items()}
-        out = ansible.playbook(tar_b, *no_gpu, "-e", "wick_serial=2", what="B again")
+        out = ansible.playbook(tar_a, *no_gpu, "-e", "wick_serial=2", what="A again")
         rc = recap(out)
         for n in HOSTS:
             check(rc.get(n, {}).get("changed") == 0, f"{n}: changed={rc.get(n)} on a second run:\n{out[-8000:]}")
             check(pid(HOSTS[n]) == pids[n], f"{n}: restarted on a second run")
-        log(f"second run of B: changed=0 on both, same pids ({rc})")
+        log(f"second run of A: changed=0 on both, same pids ({rc})")
 
-        # 7. The fleet behind HAProxy: rolling upgrade under load, good and bad canaries.
+        # 6. The fleet behind HAProxy: a good canary promoted by a rolling upgrade under load
+        # (pruning to one release), a bad canary rolled back.
         tar_d = build_release(args.wick, "D", rel_dir)
         tar_e = build_release(args.wick, "E", rel_dir)
-        fleet_scenarios(ansible, tmp, ssh_port, client_key, args.model, tar_b, tar_d, tar_e)
+        fleet_scenarios(ansible, tmp, ssh_port, client_key, args.model, tar_a, tar_d, tar_e)
 
     finally:
         # Ansible's SSH connection masters (ControlPersist) would outlive the test a minute.
