@@ -53,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 num_computed_tokens: computed,
                 block_table: &table,
                 lora_slot: None,
+                sample: true,
             }],
             bs,
             &device,

@@ -103,16 +103,23 @@ fn main() -> AnyResult<()> {
                 num_computed_tokens: seqs[i].computed,
                 block_table: &seqs[i].table,
                 lora_slot: None,
+                sample: seqs[i].computed + t.len() >= seqs[i].prompt.len(),
             })
             .collect();
         let input = ModelInput::build(&chunks, bs, &device)?;
-        let logits = model.forward(&input, &mut cache)?.to_vec2::<f32>()?;
-        for ((&i, t), row) in active.iter().zip(&tokens).zip(logits) {
+        let mut logits = model
+            .forward(&input, &mut cache)?
+            .to_vec2::<f32>()?
+            .into_iter();
+        for (&i, t) in active.iter().zip(&tokens) {
             let s = &mut seqs[i];
             s.computed += t.len();
             if s.computed < s.prompt.len() {
-                continue; // mid-prompt: these logits are not sampled
+                continue; // mid-prompt: no logits row
             }
+            let row = logits
+                .next()
+                .ok_or("fewer logits rows than sampled sequences")?;
             let argmax = row
                 .iter()
                 .enumerate()

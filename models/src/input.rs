@@ -19,6 +19,9 @@ pub struct SequenceChunk<'a> {
     /// The model's adapter slot its tokens use (see `Model::set_lora`); `None`: the
     /// base model.
     pub lora_slot: Option<u32>,
+    /// Whether the logits of its last token are wanted (a token is sampled after it);
+    /// false for a chunk in the middle of a prompt, which never reaches `lm_head`.
+    pub sample: bool,
 }
 
 /// The flattened batch for one forward pass.
@@ -32,8 +35,11 @@ pub struct ModelInput {
     pub slot_mapping: Tensor,
     /// Ragged-batch description for paged attention.
     pub attention: PagedAttentionMetadata,
-    /// u32 `[num_seqs]`: row of each sequence's last token, whose logits are returned.
+    /// u32 `[num_sampled]`: row of the last token of each sequence with
+    /// [`SequenceChunk::sample`], in batch order: the rows whose logits are returned.
     pub logits_indices: Tensor,
+    /// Number of sequences with [`SequenceChunk::sample`] (rows of the logits).
+    pub num_sampled: usize,
     /// Number of sequences in the batch.
     pub num_seqs: usize,
     /// Number of tokens in the batch.
@@ -103,11 +109,14 @@ impl ModelInput {
             let end = input_ids.len() as u32;
             cu_seqlens_q.push(end);
             seq_lens.push(seq_len as u32);
-            logits_indices.push(end - 1);
+            if c.sample {
+                logits_indices.push(end - 1);
+            }
         }
         let max_seqlen_q = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(0);
         let max_seq_len = seq_lens.iter().copied().max().unwrap_or(0) as usize;
         let num_seqs = chunks.len();
+        let num_sampled = logits_indices.len();
         Ok(Self {
             input_ids: Tensor::from_vec(input_ids, num_tokens, device)?,
             positions: Tensor::from_vec(positions, num_tokens, device)?,
@@ -119,10 +128,43 @@ impl ModelInput {
                 max_seqlen_q,
                 max_seq_len,
             },
-            logits_indices: Tensor::from_vec(logits_indices, num_seqs, device)?,
+            logits_indices: Tensor::from_vec(logits_indices, num_sampled, device)?,
+            num_sampled,
             num_seqs,
             num_tokens,
             lora_slots,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk<'a>(tokens: &'a [u32], table: &'a [u32], sample: bool) -> SequenceChunk<'a> {
+        SequenceChunk {
+            tokens,
+            num_computed_tokens: 0,
+            block_table: table,
+            lora_slot: None,
+            sample,
+        }
+    }
+
+    #[test]
+    fn only_sampled_sequences_get_a_logits_row() {
+        let (a, b, c) = ([1, 2, 3], [4, 5], [6]);
+        let chunks = [
+            chunk(&a, &[0], true),
+            chunk(&b, &[1], false), // a prompt chunk mid-way
+            chunk(&c, &[2], true),
+        ];
+        let input = ModelInput::build(&chunks, 4, &Device::Cpu).unwrap();
+        assert_eq!((input.num_seqs, input.num_sampled), (3, 2));
+        assert_eq!(input.logits_indices.to_vec1::<u32>().unwrap(), [2, 5]);
+
+        let none = ModelInput::build(&chunks[1..2], 4, &Device::Cpu).unwrap();
+        assert_eq!(none.num_sampled, 0);
+        assert_eq!(none.logits_indices.dims(), [0]);
     }
 }

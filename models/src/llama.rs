@@ -172,7 +172,7 @@ impl LlamaModel {
     }
 
     /// Runs one step over `input`, writing its K/V into `cache`; returns f32 logits
-    /// `[num_seqs, vocab]` for each sequence's last token.
+    /// `[num_sampled, vocab]`, for the last token of each sequence to sample.
     pub fn forward(&self, input: &ModelInput, cache: &mut KvCache) -> Result<Tensor> {
         if cache.layers.len() != self.layers.len() {
             return Err(ModelError::invalid(
@@ -214,6 +214,11 @@ impl LlamaModel {
             let x1 = (&x + attn)?;
             let h = layer.post_attention_layernorm.forward(&x1)?;
             x = (&x1 + layer.mlp.forward(&h, lora)?)?;
+        }
+        if input.num_sampled == 0 {
+            // Only prompt chunks mid-way: nothing reaches the final norm and lm_head.
+            let vocab = self.cfg.vocab_size;
+            return Ok(Tensor::zeros((0, vocab), DType::F32, &self.device)?);
         }
         let last = x.index_select(&input.logits_indices, 0)?;
         let last = self.norm.forward(&last)?;

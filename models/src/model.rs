@@ -95,8 +95,9 @@ impl Model {
     }
 
     /// Runs one step over `input` (a flattened ragged batch of prefill chunks and decode
-    /// tokens), writing its K/V into `cache`; returns f32 logits `[num_seqs, vocab]`, one
-    /// row per sequence, for its last scheduled token.
+    /// tokens), writing its K/V into `cache`; returns f32 logits `[num_sampled, vocab]`:
+    /// one row per sequence with [`crate::SequenceChunk::sample`], in batch order, for
+    /// its last scheduled token. Sequences mid-prompt never reach `lm_head`.
     pub fn forward(&self, input: &ModelInput, cache: &mut KvCache) -> Result<Tensor> {
         match self {
             Self::Llama(m) => m.forward(input, cache),

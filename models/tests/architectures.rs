@@ -124,6 +124,7 @@ fn check_against_oracle(arch: &str, shards: usize) {
                 num_computed_tokens: computed,
                 block_table: &table,
                 lora_slot: None,
+                sample: true,
             }],
             4,
             &Device::Cpu,

@@ -105,6 +105,7 @@ fn logits(loaded: &LoadedModel) -> Vec<f32> {
             num_computed_tokens: 0,
             block_table: &[0, 1],
             lora_slot: None,
+            sample: true,
         }],
         16,
         &Device::Cpu,

@@ -68,6 +68,7 @@ pub fn generate_top(
                 num_computed_tokens: computed,
                 block_table: &block_table,
                 lora_slot: None,
+                sample: end == tokens.len(),
             }],
             cache.block_size,
             model.device(),

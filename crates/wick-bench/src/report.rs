@@ -426,6 +426,21 @@ impl Report {
                     m.client_prompt_tokens
                 ),
             );
+            if let Some((ms, bytes)) = m.server.per_step() {
+                let phases: Vec<String> = (crate::metrics::STEP_PHASES.iter())
+                    .zip(ms)
+                    .map(|(p, ms)| format!("{p} {ms:.2}"))
+                    .collect();
+                line(
+                    "engine",
+                    format!(
+                        "{} steps; ms per step: {}; {:.0} bytes to the host per step",
+                        m.server.engine_steps,
+                        phases.join(", "),
+                        bytes
+                    ),
+                );
+            }
         }
         s.push('\n');
         s.push_str(&format!(

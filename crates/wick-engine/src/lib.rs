@@ -15,6 +15,6 @@ pub mod scheduler;
 
 pub use engine::{
     DurationHistogram, EngineConfig, EngineHandle, EngineHealth, EngineInfo, EngineRequest,
-    EngineStats, Fault, RequestStream,
+    EngineStats, Fault, RequestStream, StepPhase, StepPhaseHistograms,
 };
 pub use sampler::{LogitsProcessor, LogitsProcessorFactory, SamplingConstraint, TokenBitset};

@@ -507,3 +507,53 @@ fn an_unset_token_budget_is_chosen_from_the_step_cost_on_the_cpu() {
     assert_ids_match_golden(&case, &collect(engine.submit(req).unwrap(), 1).tokens[0]);
     engine.shutdown();
 }
+
+#[test]
+fn only_sampled_rows_reach_the_host_and_every_step_phase_is_timed() {
+    // A 16-token budget: the longest golden prompt is prefilled in chunks; the chunks
+    // before its last get no logits row at all.
+    let engine = start(|_| EngineConfig {
+        max_num_batched_tokens: Some(16),
+        ..EngineConfig::default()
+    });
+    let case = golden_cases()
+        .into_iter()
+        .max_by_key(|c| c.prompt_token_ids.len())
+        .unwrap();
+    assert!(
+        case.prompt_token_ids.len() > 16,
+        "the prompt must need chunks"
+    );
+    let req = EngineRequest::new(
+        case.prompt_token_ids.clone(),
+        SamplingParams::greedy(case.max_tokens),
+    );
+    let got = collect(engine.submit(req).unwrap(), 1).tokens.remove(0);
+    assert_ids_match_golden(&case, &got);
+    // The stats of the last step are published just after its tokens went out.
+    let stats = wait_for(&engine, |s| s.num_running == 0 && s.num_waiting == 0);
+    // One row of f32 logits per generated token, none per prompt chunk.
+    let vocab = engine.info().vocab_size as u64;
+    assert!(stats.steps > got.len() as u64, "{} steps", stats.steps);
+    assert_eq!(stats.device_to_host_bytes, got.len() as u64 * vocab * 4);
+    // Every phase of every step is in its histogram, and the phases fit in the steps.
+    let mut phases_s = 0.0;
+    for phase in wick_engine::StepPhase::ALL {
+        let h = stats.step_phase_duration.get(phase);
+        assert_eq!(h.count, stats.steps, "{}", phase.name());
+        phases_s += h.sum;
+    }
+    assert_eq!(stats.step_duration.count, stats.steps);
+    assert!(
+        phases_s <= stats.step_duration.sum,
+        "{phases_s} s in phases"
+    );
+    assert!(
+        stats
+            .step_phase_duration
+            .get(wick_engine::StepPhase::Forward)
+            .sum
+            > 0.0
+    );
+    engine.shutdown();
+}

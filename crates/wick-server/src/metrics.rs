@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use wick_core::RequestMetrics;
-use wick_engine::{DurationHistogram, EngineHealth, EngineStats};
+use wick_engine::{DurationHistogram, EngineHealth, EngineStats, StepPhase};
 
 /// The `Content-Type` of what [`Metrics::render`] returns.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -272,6 +272,27 @@ impl Metrics {
             "Duration of one engine step",
             StepHistogram::from(&stats.step_duration),
         );
+        r.register(
+            "wick:engine_step_phase_duration_seconds",
+            "Duration of each phase of an engine step (schedule, prepare_inputs, forward, \
+             sample: logits to token ids on the host, postprocess)",
+            PhaseHistograms(
+                (StepPhase::ALL.iter())
+                    .map(|&p| {
+                        (
+                            p.name(),
+                            StepHistogram::from(stats.step_phase_duration.get(p)),
+                        )
+                    })
+                    .collect(),
+            ),
+        );
+        r.register(
+            "wick:engine_device_to_host_bytes",
+            "Bytes engine steps read back from the model's device (the sampled rows' logits; \
+             counted on a CPU too)",
+            ConstCounter::new(stats.device_to_host_bytes),
+        );
         if let Some(t) = stats.last_step_unix_s {
             r.register(
                 "wick:engine_last_step_timestamp_seconds",
@@ -359,6 +380,24 @@ impl From<&DurationHistogram> for StepHistogram {
 impl EncodeMetric for StepHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
         encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The step-phase histograms as one metric, a `phase` label each.
+#[derive(Debug)]
+struct PhaseHistograms(Vec<(&'static str, StepHistogram)>);
+
+impl EncodeMetric for PhaseHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        for (phase, h) in &self.0 {
+            let labels = [("phase", *phase)];
+            h.encode(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 
     fn metric_type(&self) -> MetricType {

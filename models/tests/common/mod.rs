@@ -70,18 +70,26 @@ pub fn run_batch(model: &Model, cache: &mut KvCache, seqs: &mut [Seq], chunk: us
                 num_computed_tokens: seqs[i].computed,
                 block_table: &seqs[i].block_table,
                 lora_slot: seqs[i].lora_slot,
+                sample: end == seqs[i].tokens.len(),
             })
             .collect();
         let input = ModelInput::build(&chunks, cache.block_size, model.device()).unwrap();
         let logits = model.forward(&input, cache).unwrap();
-        let lp = log_softmax(&logits).unwrap().to_vec2::<f32>().unwrap();
-        for (row, (&i, &end)) in active.iter().zip(&ends).enumerate() {
+        let lp: Vec<Vec<f32>> = if logits.dim(0).unwrap() == 0 {
+            vec![] // every chunk mid-prompt: no logits rows
+        } else {
+            log_softmax(&logits).unwrap().to_vec2().unwrap()
+        };
+        assert_eq!(lp.len(), chunks.iter().filter(|c| c.sample).count());
+        let mut rows = lp.iter();
+        for (&i, &end) in active.iter().zip(&ends) {
             let s = &mut seqs[i];
             s.computed = end;
             if end < s.tokens.len() {
-                continue;
+                continue; // mid-prompt: no logits row
             }
-            let (id, v) = lp[row]
+            let row = rows.next().unwrap();
+            let (id, v) = row
                 .iter()
                 .enumerate()
                 .fold(

@@ -12,10 +12,12 @@
 use super::handle::{Command, Submission};
 use super::health::{panic_message, Monitor};
 use super::request::RequestState;
-use super::{DurationHistogram, EngineInfo, EngineRequest, EngineStats, Fault};
+use super::step_timing::StepTiming;
+use super::{EngineInfo, EngineRequest, EngineStats, Fault, StepPhase};
 use crate::kv::SeqId;
-use crate::runner::ModelRunner;
+use crate::runner::{HostLogits, ModelRunner};
 use crate::sampler::{sample_row, SampleScratch, SeqSamplingState};
+use crate::scheduler::ScheduledSeq;
 use crate::scheduler::{
     LoraId, Scheduler, SchedulerOutput, SeqStatus, SeqUpdate, Sequence, StopConfig,
 };
@@ -55,7 +57,7 @@ pub(crate) struct EngineLoop {
     scratch: SampleScratch,
     steps: u64,
     computed_tokens: u64,
-    step_duration: DurationHistogram,
+    timing: StepTiming,
     last_step_unix_s: Option<f64>,
     max_loras_in_step: usize,
 }
@@ -82,7 +84,7 @@ impl EngineLoop {
             scratch: SampleScratch::default(),
             steps: 0,
             computed_tokens: 0,
-            step_duration: DurationHistogram::default(),
+            timing: StepTiming::default(),
             last_step_unix_s: None,
             max_loras_in_step: 0,
         }
@@ -133,16 +135,24 @@ impl EngineLoop {
         self.publish_stats();
     }
 
-    /// One step: plan, run the model, sample and forward the tokens.
+    /// One step: plan, run the model, sample and forward the tokens; each phase timed
+    /// ([`StepPhase`]).
     fn step(&mut self) {
         let started = Instant::now();
+        self.timing.begin();
         let output = self.scheduler.schedule();
         if output.is_empty() {
             return;
         }
+        self.timing.add(StepPhase::Schedule, started);
         let logits = self.run_model_and_prepare(&output);
-        self.postprocess(&output, logits);
-        self.record_step(started);
+        let sampling = Instant::now();
+        let samples = self.sample(&output, &logits);
+        self.timing.add(StepPhase::Sample, sampling);
+        let postprocessing = Instant::now();
+        self.postprocess(&output, samples);
+        self.timing.add(StepPhase::Postprocess, postprocessing);
+        self.record_step(started, &output);
     }
 
     /// [`Self::run_model`], while the next-token constraints of the constrained
@@ -313,8 +323,9 @@ impl EngineLoop {
         }
     }
 
-    /// One forward pass; if it fails, each sequence alone, so a failure stays with its
-    /// own request. Returns a logits row per scheduled sequence (`None`: failed).
+    /// One forward pass, its logits read back; if it fails, each sequence alone, so a
+    /// failure stays with its own request. Returns a logits row per scheduled sequence
+    /// (`None`: not sampled, or failed). Times the prepare, forward and read-back phases.
     fn run_model(&mut self, output: &SchedulerOutput) -> Vec<Option<Vec<f32>>> {
         let now = Instant::now();
         for s in &output.scheduled {
@@ -326,14 +337,22 @@ impl EngineLoop {
         self.computed_tokens += output.total_num_scheduled_tokens as u64;
         self.inject_fault();
         self.load_loras(output);
-        match self.runner.run_step(output) {
-            Ok(rows) => rows.into_iter().map(Some).collect(),
+        let seqs: Vec<&ScheduledSeq> = output.scheduled.iter().collect();
+        match self.run_timed(&seqs) {
+            Ok(logits) => {
+                self.timing.add_bytes(logits.device_to_host_bytes);
+                logits.rows
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "batch failed; retrying its sequences one by one");
+                let retrying = Instant::now();
                 let mut rows = Vec::with_capacity(output.scheduled.len());
                 for s in &output.scheduled {
                     match self.runner.run(&[s]) {
-                        Ok(mut r) => rows.push(r.pop()),
+                        Ok(r) => {
+                            self.timing.add_bytes(r.device_to_host_bytes);
+                            rows.push(r.rows.into_iter().next().flatten());
+                        }
                         Err(e) => {
                             self.scheduler.fail_step(&SchedulerOutput {
                                 scheduled: vec![s.clone()],
@@ -347,9 +366,24 @@ impl EngineLoop {
                         }
                     }
                 }
+                self.timing.add(StepPhase::Forward, retrying);
                 rows
             }
         }
+    }
+
+    /// The runner's three calls, each timed as its phase.
+    fn run_timed(&mut self, seqs: &[&ScheduledSeq]) -> wick_models::Result<HostLogits> {
+        let t = Instant::now();
+        let input = self.runner.prepare(seqs)?;
+        self.timing.add(StepPhase::PrepareInputs, t);
+        let t = Instant::now();
+        let logits = self.runner.forward(seqs, &input)?;
+        self.timing.add(StepPhase::Forward, t);
+        let t = Instant::now();
+        let host = ModelRunner::logits_to_host(logits)?;
+        self.timing.add(StepPhase::Sample, t);
+        Ok(host)
     }
 
     /// Copies the adapters the scheduler placed in new slots into the model. A failed
@@ -410,10 +444,10 @@ impl EngineLoop {
         }
     }
 
-    /// Samples, lets the scheduler apply the tokens and its stop rules, and forwards
-    /// each token with its finish reason.
-    fn postprocess(&mut self, output: &SchedulerOutput, logits: Vec<Option<Vec<f32>>>) {
-        let (sampled, mut logprobs, mut after) = self.sample(output, &logits);
+    /// Lets the scheduler apply the sampled tokens and its stop rules, and forwards each
+    /// token with its finish reason.
+    fn postprocess(&mut self, output: &SchedulerOutput, samples: StepSamples) {
+        let (sampled, mut logprobs, mut after) = samples;
         let now = Instant::now();
         for u in self.scheduler.update_from_output(output, &sampled) {
             let lp = logprobs.remove(&u.seq).flatten();
@@ -512,9 +546,11 @@ impl EngineLoop {
         (running.into_iter().collect(), waiting.into_iter().collect())
     }
 
-    fn record_step(&mut self, started: Instant) {
+    fn record_step(&mut self, started: Instant, output: &SchedulerOutput) {
         self.monitor.progress();
-        self.step_duration.observe(started.elapsed().as_secs_f64());
+        let sampled = output.scheduled.iter().filter(|s| s.sample).count();
+        let (seqs, tokens) = (output.scheduled.len(), output.total_num_scheduled_tokens);
+        (self.timing).end(started, self.steps, seqs, sampled, tokens);
         self.last_step_unix_s = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .ok()
@@ -535,7 +571,9 @@ impl EngineLoop {
                 prefix_cache_hits: s.prefix_cache_hits,
                 steps: self.steps,
                 computed_tokens: self.computed_tokens,
-                step_duration: self.step_duration.clone(),
+                step_duration: self.timing.step_duration.clone(),
+                step_phase_duration: self.timing.phase_duration.clone(),
+                device_to_host_bytes: self.timing.device_to_host_bytes,
                 last_step_unix_s: self.last_step_unix_s,
                 running_loras,
                 waiting_loras,

@@ -16,6 +16,7 @@ pub mod health;
 pub mod lora;
 mod queue;
 mod request;
+mod step_timing;
 pub mod token_budget;
 
 pub use handle::{EngineHandle, RequestStream};
@@ -202,6 +203,76 @@ pub const STEP_DURATION_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0,
 ];
 
+/// Upper bounds (seconds) of the buckets of each phase's histogram
+/// ([`EngineStats::step_phase_duration`]): finer than a whole step's, since scheduling
+/// takes microseconds.
+pub const STEP_PHASE_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The phases of an engine step, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepPhase {
+    /// The scheduler plans the step (admission, preemption, block allocation).
+    Schedule,
+    /// The batch is laid out as a model input and copied to the model's device.
+    PrepareInputs,
+    /// The forward pass, up to the logits of the sampled rows (waited for on a GPU).
+    Forward,
+    /// From the logits to token ids on the host: the read back and the sampler.
+    Sample,
+    /// The scheduler appends the tokens and applies stop rules; tokens go to clients.
+    Postprocess,
+}
+
+impl StepPhase {
+    /// Every phase, in order.
+    pub const ALL: [StepPhase; 5] = [
+        StepPhase::Schedule,
+        StepPhase::PrepareInputs,
+        StepPhase::Forward,
+        StepPhase::Sample,
+        StepPhase::Postprocess,
+    ];
+
+    /// The phase's name in metrics (`phase` label) and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepPhase::Schedule => "schedule",
+            StepPhase::PrepareInputs => "prepare_inputs",
+            StepPhase::Forward => "forward",
+            StepPhase::Sample => "sample",
+            StepPhase::Postprocess => "postprocess",
+        }
+    }
+}
+
+/// One histogram per [`StepPhase`], indexed by `phase as usize`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPhaseHistograms(pub [DurationHistogram; 5]);
+
+impl StepPhaseHistograms {
+    /// The histogram of `phase`.
+    pub fn get(&self, phase: StepPhase) -> &DurationHistogram {
+        &self.0[phase as usize]
+    }
+
+    /// Records `secs` for `phase`.
+    pub fn observe(&mut self, phase: StepPhase, secs: f64) {
+        self.0[phase as usize].observe(secs);
+    }
+}
+
+impl Default for StepPhaseHistograms {
+    /// Empty, over [`STEP_PHASE_BUCKETS`].
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| {
+            DurationHistogram::new(STEP_PHASE_BUCKETS.to_vec())
+        }))
+    }
+}
+
 /// A histogram of durations as plain data (the metrics layer renders it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DurationHistogram {
@@ -269,6 +340,11 @@ pub struct EngineStats {
     pub computed_tokens: u64,
     /// Wall time of each model step (schedule, forward, sampling, events).
     pub step_duration: DurationHistogram,
+    /// Wall time of each phase of each step.
+    pub step_phase_duration: StepPhaseHistograms,
+    /// Bytes the steps read back from the model's device (the sampled rows' logits;
+    /// counted on the CPU too, as what would cross from a GPU).
+    pub device_to_host_bytes: u64,
     /// When the last step finished, seconds since the Unix epoch; `None` before any.
     pub last_step_unix_s: Option<f64>,
     /// Names of the LoRA adapters of running sequences.

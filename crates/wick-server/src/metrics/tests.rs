@@ -123,6 +123,16 @@ const NEW_FAMILIES: &[(&str, &str, &[&str])] = &[
         "histogram",
         &["model_name"],
     ),
+    (
+        "wick:engine_step_phase_duration_seconds",
+        "histogram",
+        &["model_name", "phase"],
+    ),
+    (
+        "wick:engine_device_to_host_bytes_total",
+        "counter",
+        &["model_name"],
+    ),
 ];
 
 #[derive(Debug, Default)]
@@ -263,10 +273,13 @@ fn every_family_keeps_its_name_type_help_and_labels() {
             .unwrap_or_else(|| panic!("{name} missing\n{text}"));
         assert_eq!(f.kind, kind, "{name}");
         let want = labels.iter().map(|l| l.to_string()).collect::<Vec<_>>();
-        assert!(f
-            .samples
-            .values()
-            .all(|s| s == &BTreeSet::from([want.clone()])));
+        assert!(
+            f.samples
+                .values()
+                .all(|s| s == &BTreeSet::from([want.clone()])),
+            "{name}: {:?}",
+            f.samples
+        );
     }
     assert_eq!(
         families.len(),
@@ -319,6 +332,35 @@ fn engine_health_and_step_histogram() {
             !text.contains("wick:engine_last_step_timestamp_seconds{"),
             "{text}"
         );
+    }
+}
+
+#[test]
+fn each_step_phase_is_a_labelled_histogram() {
+    let mut stats = stepping();
+    stats.step_phase_duration.observe(StepPhase::Forward, 0.02);
+    stats.step_phase_duration.observe(StepPhase::Forward, 0.2);
+    stats
+        .step_phase_duration
+        .observe(StepPhase::Schedule, 0.00003);
+    stats.device_to_host_bytes = 4096;
+    let text = Metrics::new("smol").render(&stats, Some(&EngineHealth::Healthy));
+    for line in [
+        "wick:engine_step_phase_duration_seconds_bucket{model_name=\"smol\",phase=\"forward\",le=\"0.025\"} 1",
+        "wick:engine_step_phase_duration_seconds_bucket{model_name=\"smol\",phase=\"forward\",le=\"+Inf\"} 2",
+        "wick:engine_step_phase_duration_seconds_count{model_name=\"smol\",phase=\"forward\"} 2",
+        "wick:engine_step_phase_duration_seconds_bucket{model_name=\"smol\",phase=\"schedule\",le=\"0.0001\"} 1",
+        "wick:engine_step_phase_duration_seconds_count{model_name=\"smol\",phase=\"sample\"} 0",
+        "wick:engine_device_to_host_bytes_total{model_name=\"smol\"} 4096",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+    }
+    for phase in StepPhase::ALL {
+        let sum = format!(
+            "wick:engine_step_phase_duration_seconds_sum{{model_name=\"smol\",phase=\"{}\"}} ",
+            phase.name()
+        );
+        assert!(text.contains(&sum), "{sum}\n{text}");
     }
 }
 
