@@ -190,6 +190,7 @@ impl EngineHandle {
             max_model_len,
             max_num_seqs = config.max_num_seqs,
             max_num_batched_tokens,
+            max_concurrency_at_max_model_len = format!("{:.2}", info.max_concurrency_at(max_model_len)),
             "KV cache allocated"
         );
         let (tx, rx) = mpsc::channel();

@@ -196,6 +196,13 @@ impl EngineInfo {
         self.max_model_len
             .min(self.num_blocks.saturating_mul(self.block_size))
     }
+
+    /// How many requests of `tokens` tokens each (prompt + completion) the KV cache
+    /// holds at once, with no prefix shared (vLLM logs the same figure at start).
+    pub fn max_concurrency_at(&self, tokens: usize) -> f64 {
+        let blocks = tokens.max(1).div_ceil(self.block_size.max(1));
+        self.num_blocks as f64 / blocks as f64
+    }
 }
 
 /// Upper bounds (seconds) of [`EngineStats::step_duration`]'s buckets.
@@ -388,5 +395,8 @@ mod tests {
         let e = info.check_context(60, 5).unwrap_err();
         assert_eq!(e.kind, wick_core::ErrorKind::TooLong);
         assert!(e.message.contains("65 in all"), "{e}");
+        // 4 blocks of 16: two requests of 32 tokens; of 33 tokens (3 blocks each), 4/3.
+        assert_eq!(info.max_concurrency_at(32), 2.0);
+        assert!((info.max_concurrency_at(33) - 4.0 / 3.0).abs() < 1e-12);
     }
 }
