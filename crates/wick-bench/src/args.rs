@@ -117,6 +117,10 @@ pub struct BenchArgs {
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
+    /// Nucleus sampling: sample from the smallest set of tokens whose probability adds up
+    /// to this (sent as `top_p` when given).
+    #[arg(long)]
+    pub top_p: Option<f64>,
     /// Do not read the server's /metrics before and after.
     #[arg(long)]
     pub no_server_metrics: bool,
@@ -302,6 +306,7 @@ impl BenchArgs {
             stream_fraction: self.stream_fraction,
             ignore_eos: !self.no_ignore_eos,
             temperature: self.temperature,
+            top_p: self.top_p,
             tokenizer,
             scrape_metrics: !self.no_server_metrics,
             progress: !self.no_progress,

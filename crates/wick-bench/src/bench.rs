@@ -126,6 +126,7 @@ pub async fn run_prepared(
         chat: items.chat,
         ignore_eos: config.ignore_eos,
         temperature: config.temperature,
+        top_p: config.top_p,
         request_timeout: config.request_timeout,
         ttft_timeout: config.ttft_timeout,
         stream_fraction: config.stream_fraction,

@@ -145,6 +145,8 @@ pub struct StreamOpts {
     pub ignore_eos: bool,
     /// Sampling temperature.
     pub temperature: f64,
+    /// `top_p`, sent when set.
+    pub top_p: Option<f64>,
     /// Limit on the whole request.
     pub request_timeout: Duration,
     /// Limit on the first token (streamed requests only: a whole response's first token
@@ -340,6 +342,9 @@ impl Client {
             "temperature": opts.temperature,
             "stream": streamed,
         });
+        if let Some(p) = opts.top_p {
+            body["top_p"] = json!(p);
+        }
         if streamed {
             body["stream_options"] = json!({"include_usage": true});
         }

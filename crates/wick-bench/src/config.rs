@@ -166,6 +166,8 @@ pub struct BenchConfig {
     pub ignore_eos: bool,
     /// Sampling temperature.
     pub temperature: f64,
+    /// `top_p`, sent when set.
+    pub top_p: Option<f64>,
     /// Token counting.
     pub tokenizer: TokenizerSource,
     /// Read the server's Prometheus `/metrics` before and after and report the deltas.
@@ -204,6 +206,7 @@ impl BenchConfig {
             stream_fraction: 1.0,
             ignore_eos: true,
             temperature: 0.0,
+            top_p: None,
             tokenizer: TokenizerSource::Auto,
             scrape_metrics: true,
             progress: false,
