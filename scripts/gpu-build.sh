@@ -51,8 +51,22 @@ strip "$out/bin/"*
   echo "built $(date -u +%FT%TZ) from $(git rev-parse --short HEAD)$(git diff --quiet -- kernels models || echo '+changes')"
   nvcc --version | tail -1
   (cd "$out/bin" && ls -l)
+  # What each binary needs of the GPU machine's C and C++ runtimes.
+  for f in "$out/bin"/*; do
+    [ -f "$f" ] && [ -x "$f" ] || continue
+    versions=$(readelf -V "$f" 2>/dev/null || true)
+    glibc=$(grep -oE 'Name: GLIBC_[0-9.]+' <<<"$versions" | sed 's/.*GLIBC_//' | sort -V | tail -1)
+    glibcxx=$(grep -oE 'Name: GLIBCXX_[0-9.]+' <<<"$versions" | sed 's/.*GLIBCXX_//' | sort -V | tail -1)
+    echo "$(basename "$f") needs GLIBC_${glibc:-none} GLIBCXX_${glibcxx:-none}"
+  done
 } >"$out/bin/MANIFEST"
 tar -C "$out" -cJf "$out/bin.tar.xz" bin
 echo "built in $((SECONDS - start))s:"
 cat "$out/bin/MANIFEST"
 ls -l "$out/bin.tar.xz"
+# What travels to the GPU machine is limited (../shared/GPU.md): 64 MiB.
+size=$(stat -c %s "$out/bin.tar.xz")
+if [ "$size" -gt $((64 * 1024 * 1024)) ]; then
+  echo "$out/bin.tar.xz is $size bytes, over the 64 MiB that travel to the GPU machine" >&2
+  exit 1
+fi

@@ -13,6 +13,13 @@ import time
 import numpy as np
 import torch
 
+# The rope settings make-model means to write (Llama 3.2's). transformers v5 saves them
+# under `rope_parameters`, v4 as `rope_theta` + `rope_scaling`; `compare` first checks that
+# wick read back exactly these, so that a config wick misreads fails by name instead of as
+# a logits mismatch (or, worse, passes when both sides ignore the scaling).
+ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
 
 def make_model(path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -22,9 +29,8 @@ def make_model(path):
     cfg = LlamaConfig(
         vocab_size=128256, hidden_size=2048, intermediate_size=8192,
         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=ROPE["rope_theta"],
+        rope_scaling={k: v for k, v in ROPE.items() if k != "rope_theta"},
         tie_word_embeddings=True, bos_token_id=0, eos_token_id=1,
         # Larger than the usual 0.02 so attention and logits are peaked enough for greedy
         # tokens to be a meaningful comparison.
@@ -55,6 +61,12 @@ def compare(model_dir, prefix, out_path):
     from transformers import LlamaForCausalLM
 
     meta = json.load(open(prefix + ".json"))
+    saved = json.load(open(f"{model_dir}/config.json"))
+    print("config.json rope:", {k: saved.get(k) for k in ("rope_parameters", "rope_scaling", "rope_theta")})
+    read = meta.get("rope")
+    if read != ROPE:
+        print(f"wick read the rope settings {read}, meant {ROPE}: no logits compared")
+        sys.exit(1)
     vocab = meta["vocab"]
     wick = np.fromfile(prefix + ".f32", dtype="<f4").reshape(-1, vocab)
     results = {"wick_device": meta["device"], "wick_dtype": meta["dtype"],

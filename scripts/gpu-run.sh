@@ -10,7 +10,10 @@
 #      transformers' on the same weights and GPU, teacher-forced on wick's greedy tokens;
 #   5. a short benchmark (prefill and single-stream decode, examples/forward_bench).
 # Writes logs and results under $OUT (default ./gpu-out), with summary.txt listing each
-# step as ok/FAILED; keeps going after a failed step. Exits non-zero if any step failed.
+# step as ok/FAILED; keeps going after a failed step, and each step has a time limit (a
+# hang costs that step, not the GPU time of the rest). Exits non-zero if any step failed.
+# Nothing reaches a hub (HF_HUB_OFFLINE=1); the driver's JIT cache of wick's PTX lives in
+# the work directory, so it compiles once per machine.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT="${OUT:-$root/gpu-out}"
@@ -21,19 +24,26 @@ summary="$OUT/summary.txt"
 : >"$summary"
 failed=0
 
-# step NAME CMD...: runs CMD with output in $OUT/NAME.log, records ok/FAILED and time.
+# step NAME SECONDS CMD...: runs CMD (a command, or a function of this script) with
+# output in $OUT/NAME.log, killed after SECONDS; records ok/FAILED/TIMED OUT and time.
 step() {
-  local name=$1 t0=$SECONDS
-  shift
+  local name=$1 limit=$2 t0=$SECONDS rc=0
+  shift 2
   echo "== $name"
-  if "$@" >"$OUT/$name.log" 2>&1; then
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+  if [ $rc -eq 0 ]; then
     echo "$name: ok ($((SECONDS - t0))s)" | tee -a "$summary"
   else
-    echo "$name: FAILED rc=$? ($((SECONDS - t0))s), see $name.log" | tee -a "$summary"
+    local what="FAILED rc=$rc"
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && what="TIMED OUT after ${limit}s"
+    echo "$name: $what ($((SECONDS - t0))s), see $name.log" | tee -a "$summary"
     tail -20 "$OUT/$name.log"
     failed=1
   fi
 }
+# Functions run under `timeout` in a child bash: each, and what it reads, is exported.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export CUDA_CACHE_PATH="$work/cuda-cache" CUDA_CACHE_MAXSIZE=4294967296
 
 # The binaries, unpacked from the archive that travelled (or .device/bin as built).
 bin="$root/.device/bin"
@@ -56,21 +66,34 @@ except ImportError:
     pass
 PY
 )
-[ -n "$libdir" ] || libdir=$(dirname "$(find / -name libcublas.so.13 -print -quit 2>/dev/null)" 2>/dev/null)
+if [ -z "$libdir" ]; then
+  found=$(find / -name libcublas.so.13 -print -quit 2>/dev/null || true)
+  [ -n "$found" ] && libdir=$(dirname "$found")
+fi
 export LD_LIBRARY_PATH="${libdir:+$libdir:}${LD_LIBRARY_PATH:-}"
 export RUST_LOG="${RUST_LOG:-info}"
 
+# Fails (each line is checked) when the GPU, a library or the Python side is missing.
 env_check() {
+  set -eo pipefail
   date -u +%FT%TZ
   nvidia-smi
   cat "$bin/MANIFEST"
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-  ldd "$bin/wick" | grep -E 'cuda|cublas|curand|not found'
-  ! ldd "$bin/wick" | grep -q 'not found'
-  "$bin/wick" --help | head -5
+  [ -n "$libdir" ] || { echo "libcublas.so.13 not found (PyTorch's nvidia/cu13/lib or anywhere)"; return 1; }
+  local libs
+  libs=$(ldd "$bin/wick")
+  echo "$libs" | grep -E 'cuda|cublas|curand|not found' || true
+  if echo "$libs" | grep -q 'not found'; then
+    echo "wick needs libraries this machine does not have (above)"
+    return 1
+  fi
+  "$bin/wick" --version
   python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name(0))'
 }
-step env env_check
+export -f env_check
+export bin libdir
+step env 120 bash -c env_check
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1
 
 kernel_tests() {
@@ -81,18 +104,19 @@ kernel_tests() {
   done
   return $rc
 }
-step kernel-tests kernel_tests
+export -f kernel_tests
+step kernel-tests 300 bash -c kernel_tests
 
 model="$work/llama-3.2-1b-random"
-step make-model python3 "$root/scripts/gpu-check.py" make-model "$model"
+step make-model 300 python3 "$root/scripts/gpu-check.py" make-model "$model"
 
 # Prompts: a few tokens (decode only), one tile and a bit, several tiles, several 256-key
 # partitions; all in one ragged batch.
 python3 -c 'import json, random; r = random.Random(0); print(json.dumps([[r.randrange(3, 8000) for _ in range(n)] for n in (5, 77, 300, 1100)]))' >"$work/prompts.json"
-step logits-bf16 "$bin/logits_dump" "$model" "$work/prompts.json" "$work/wick-bf16" 16 256 bf16
-step compare-bf16 python3 "$root/scripts/gpu-check.py" compare "$model" "$work/wick-bf16" "$OUT/compare-bf16.json"
-step logits-f32 "$bin/logits_dump" "$model" "$work/prompts.json" "$work/wick-f32" 16 100 f32
-step compare-f32 python3 "$root/scripts/gpu-check.py" compare "$model" "$work/wick-f32" "$OUT/compare-f32.json"
+step logits-bf16 300 "$bin/logits_dump" "$model" "$work/prompts.json" "$work/wick-bf16" 16 256 bf16
+step compare-bf16 300 python3 "$root/scripts/gpu-check.py" compare "$model" "$work/wick-bf16" "$OUT/compare-bf16.json"
+step logits-f32 300 "$bin/logits_dump" "$model" "$work/prompts.json" "$work/wick-f32" 16 100 f32
+step compare-f32 300 python3 "$root/scripts/gpu-check.py" compare "$model" "$work/wick-f32" "$OUT/compare-f32.json"
 
 bench() {
   nvidia-smi --query-gpu=name --format=csv,noheader
@@ -100,7 +124,9 @@ bench() {
   "$bin/forward_bench" "$model" 2048 256 bf16
   python3 "$root/scripts/gpu-check.py" bench "$model" 512 128
 }
-step bench bench
+export -f bench
+export root model
+step bench 300 bash -c bench
 
 echo "results in $OUT"
 cat "$summary"

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
+use wick_models::rope_scaling::RopeScaling;
 use wick_models::{KvCache, LoadOptions, ModelInput, SequenceChunk};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -143,7 +144,30 @@ fn main() -> AnyResult<()> {
         }
     }
     bin.flush()?;
+    // The rope settings as wick read them from config.json: gpu-check.py compares them
+    // with the ones it meant to write before it compares any logits.
+    let cfg = model.config();
+    let mut rope = match &cfg.rope_scaling {
+        None => serde_json::json!({"rope_type": "default"}),
+        Some(RopeScaling::Linear { factor }) => {
+            serde_json::json!({"rope_type": "linear", "factor": factor})
+        }
+        Some(RopeScaling::Llama3(l)) => serde_json::json!({
+            "rope_type": "llama3",
+            "factor": l.factor,
+            "low_freq_factor": l.low_freq_factor,
+            "high_freq_factor": l.high_freq_factor,
+            "original_max_position_embeddings": l.original_max_position_embeddings,
+        }),
+        Some(RopeScaling::Yarn(y)) => serde_json::json!({
+            "rope_type": "yarn",
+            "factor": y.factor,
+            "original_max_position_embeddings": y.original_max_position_embeddings,
+        }),
+    };
+    rope["rope_theta"] = serde_json::json!(cfg.rope_theta);
     let meta = serde_json::json!({
+        "rope": rope,
         "device": wick_models::device::device_name(&device),
         "dtype": format!("{:?}", model.dtype()),
         "vocab": vocab,
