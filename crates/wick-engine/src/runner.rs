@@ -1,9 +1,9 @@
-//! The runner: a [`SchedulerOutput`] (plain data) becomes one flattened model input, one
+//! The runner: a step's scheduled sequences (plain data) become one flattened model input, one
 //! forward pass over the paged cache, and the logits rows of the sequences to sample.
 //! The three are separate calls so that the engine can time each phase of a step:
 //! [`ModelRunner::prepare`], [`ModelRunner::forward`], [`ModelRunner::logits_to_host`].
 
-use crate::scheduler::{ScheduledSeq, SchedulerOutput};
+use crate::scheduler::ScheduledSeq;
 use candle_core::Tensor;
 use wick_models::{KvCache, Model, ModelInput, SequenceChunk};
 
@@ -94,11 +94,5 @@ impl ModelRunner {
         adapter: Option<&wick_models::LoraAdapter>,
     ) -> wick_models::Result<()> {
         self.model.set_lora(slot as usize, adapter)
-    }
-
-    /// Runs a whole step.
-    pub fn run_step(&mut self, output: &SchedulerOutput) -> wick_models::Result<HostLogits> {
-        let seqs: Vec<&ScheduledSeq> = output.scheduled.iter().collect();
-        self.run(&seqs)
     }
 }
