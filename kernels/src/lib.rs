@@ -16,6 +16,11 @@
 //! projection outputs (tokens grouped by adapter slot, described once per step by a
 //! [`LoraBatch`]).
 //!
+//! [`sample`] turns a step's logits rows into tokens where the logits are (every OpenAI
+//! sampling parameter, Philox draws keyed by seed, index and position, logprobs), so that
+//! only token ids and the logprobs asked for cross to the host; a [`SamplingBatch`]
+//! describes the rows.
+//!
 //! [`QuantMatrix`] multiplies f32 activations by a GGUF block-quantized weight on the CPU
 //! for the block types whose candle CPU path is scalar (Q4_1), with AVX2 where present.
 //!
@@ -34,8 +39,11 @@ mod cuda;
 mod lora;
 mod lora_cpu;
 mod paged_attention;
+pub mod philox;
 mod quant;
 mod quant_avx2;
+mod sampling;
+mod sampling_cpu;
 mod simd;
 mod work_list;
 
@@ -43,3 +51,4 @@ pub use cache::reshape_and_cache;
 pub use lora::{lora_apply, LoraBatch};
 pub use paged_attention::{paged_attention, PagedAttentionMetadata};
 pub use quant::QuantMatrix;
+pub use sampling::{sample, RowEdits, RowParams, SampledToken, SamplingBatch, MAX_TOP_LOGPROBS};

@@ -15,6 +15,7 @@
 pub(crate) mod attention;
 pub(crate) mod cache;
 pub(crate) mod lora;
+pub(crate) mod sampling;
 
 use candle_core::cuda_backend::cudarc::driver::CudaView;
 use candle_core::cuda_backend::CudaDType;
@@ -26,6 +27,9 @@ pub(crate) const RESHAPE_AND_CACHE_PTX: &str =
 
 /// kernels/lora.cu as PTX.
 pub(crate) const LORA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora.ptx"));
+
+/// kernels/sampling.cu as PTX.
+pub(crate) const SAMPLING_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sampling.ptx"));
 
 /// kernels/paged_attention.cu as PTX.
 pub(crate) const PAGED_ATTENTION_PTX: &str =

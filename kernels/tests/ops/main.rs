@@ -12,3 +12,4 @@ mod attention;
 mod cache;
 mod errors;
 mod lora;
+mod sampling;
