@@ -1,10 +1,13 @@
 //! The runner: a step's scheduled sequences (plain data) become one flattened model input, one
-//! forward pass over the paged cache, and the logits rows of the sequences to sample.
-//! The three are separate calls so that the engine can time each phase of a step:
-//! [`ModelRunner::prepare`], [`ModelRunner::forward`], [`ModelRunner::logits_to_host`].
+//! forward pass over the paged cache, and the logits rows of the sequences to sample, which
+//! the sampling op turns into tokens where they are. The three are separate calls so that
+//! the engine can time each phase of a step: [`ModelRunner::prepare`],
+//! [`ModelRunner::forward`], [`ModelRunner::sample`].
 
+use crate::kv::SeqId;
 use crate::scheduler::ScheduledSeq;
 use candle_core::Tensor;
+use wick_kernels::{SampledToken, SamplingBatch};
 use wick_models::{KvCache, Model, ModelInput, SequenceChunk};
 
 /// Owns the model and its KV cache storage.
@@ -13,21 +16,23 @@ pub struct ModelRunner {
     cache: KvCache,
 }
 
-/// A step's logits where the model left them: `[num_sampled, vocab]` f32, one row per
+/// A step's logits where the model left them: `[rows, vocab]` f32, one row per
 /// scheduled sequence with `sample` set, in batch order.
 pub struct StepLogits {
     logits: Tensor,
-    sampled: Vec<bool>,
+    rows: Vec<SeqId>,
 }
 
-/// Each scheduled sequence's logits row on the host (`None`: not sampled this step, or
-/// its forward pass failed), and how many bytes were read back for them.
-pub struct HostLogits {
-    /// One entry per scheduled sequence, in batch order.
-    pub rows: Vec<Option<Vec<f32>>>,
-    /// Bytes read back from the model's device (counted on the CPU too: what would
-    /// cross from a GPU).
-    pub device_to_host_bytes: u64,
+impl StepLogits {
+    /// The sequence of each logits row.
+    pub fn rows(&self) -> &[SeqId] {
+        &self.rows
+    }
+
+    /// The vocabulary size (the rows' length).
+    pub fn vocab(&self) -> usize {
+        self.logits.dims().last().copied().unwrap_or(0)
+    }
 }
 
 impl ModelRunner {
@@ -63,28 +68,23 @@ impl ModelRunner {
         self.model.device().synchronize()?;
         Ok(StepLogits {
             logits,
-            sampled: seqs.iter().map(|s| s.sample).collect(),
+            rows: seqs.iter().filter(|s| s.sample).map(|s| s.seq).collect(),
         })
     }
 
-    /// Reads `step`'s logits back to the host, one row per sampled sequence.
-    pub fn logits_to_host(step: StepLogits) -> wick_models::Result<HostLogits> {
-        let bytes = step.logits.elem_count() as u64 * 4;
-        let mut rows = step.logits.to_vec2::<f32>()?.into_iter();
-        let rows = (step.sampled.iter())
-            .map(|&sampled| if sampled { rows.next() } else { None })
-            .collect();
-        Ok(HostLogits {
-            rows,
-            device_to_host_bytes: bytes,
-        })
+    /// Draws one token per row of `step` as `batch` (one row each, in order) describes,
+    /// where the logits are; only the tokens and requested logprobs reach the host.
+    pub fn sample(
+        step: &StepLogits,
+        batch: &SamplingBatch,
+    ) -> wick_models::Result<Vec<SampledToken>> {
+        Ok(wick_kernels::sample(&step.logits, batch)?)
     }
 
-    /// [`Self::prepare`], [`Self::forward`] and [`Self::logits_to_host`] in one call.
-    pub fn run(&mut self, seqs: &[&ScheduledSeq]) -> wick_models::Result<HostLogits> {
+    /// [`Self::prepare`] and [`Self::forward`] in one call.
+    pub fn run(&mut self, seqs: &[&ScheduledSeq]) -> wick_models::Result<StepLogits> {
         let input = self.prepare(seqs)?;
-        let logits = self.forward(seqs, &input)?;
-        Self::logits_to_host(logits)
+        self.forward(seqs, &input)
     }
 
     /// Copies `adapter` into the model's LoRA `slot` (`None` empties it).

@@ -289,8 +289,8 @@ impl Metrics {
         );
         r.register(
             "wick:engine_device_to_host_bytes",
-            "Bytes engine steps read back from the model's device (the sampled rows' logits; \
-             counted on a CPU too)",
+            "Bytes engine steps read back from the model's device (sampled token ids and \
+             requested logprobs; counted on a CPU too)",
             ConstCounter::new(stats.device_to_host_bytes),
         );
         if let Some(t) = stats.last_step_unix_s {

@@ -9,14 +9,17 @@
 //! engine is marked dead (so submits refuse), and every request in flight, admitted or
 //! still in the command channel, gets an `Internal` error instead of hanging.
 
+#[path = "sample_step.rs"]
+mod sample_step;
+
 use super::handle::{Command, Submission};
 use super::health::{panic_message, Monitor};
 use super::request::RequestState;
 use super::step_timing::StepTiming;
 use super::{EngineInfo, EngineRequest, EngineStats, Fault, StepPhase};
 use crate::kv::SeqId;
-use crate::runner::{HostLogits, ModelRunner};
-use crate::sampler::{sample_row, SampleScratch, SeqSamplingState};
+use crate::runner::{ModelRunner, StepLogits};
+use crate::sampler::{RowScratch, SeqSamplingState};
 use crate::scheduler::ScheduledSeq;
 use crate::scheduler::{
     LoraId, Scheduler, SchedulerOutput, SeqStatus, SeqUpdate, Sequence, StopConfig,
@@ -54,7 +57,7 @@ pub(crate) struct EngineLoop {
     fault: Option<Fault>,
     requests: HashMap<RequestId, RequestState>,
     seq_states: HashMap<SeqId, SeqSamplingState>,
-    scratch: SampleScratch,
+    scratch: RowScratch,
     steps: u64,
     computed_tokens: u64,
     timing: StepTiming,
@@ -81,7 +84,7 @@ impl EngineLoop {
             fault,
             requests: HashMap::new(),
             seq_states: HashMap::new(),
-            scratch: SampleScratch::default(),
+            scratch: RowScratch::default(),
             steps: 0,
             computed_tokens: 0,
             timing: StepTiming::default(),
@@ -147,7 +150,7 @@ impl EngineLoop {
         self.timing.add(StepPhase::Schedule, started);
         let logits = self.run_model_and_prepare(&output);
         let sampling = Instant::now();
-        let samples = self.sample(&output, &logits);
+        let samples = self.sample(logits);
         self.timing.add(StepPhase::Sample, sampling);
         let postprocessing = Instant::now();
         self.postprocess(&output, samples);
@@ -158,7 +161,7 @@ impl EngineLoop {
     /// [`Self::run_model`], while the next-token constraints of the constrained
     /// sequences to sample (grammar masks) are computed on other threads, in parallel
     /// over sequences: their cost hides behind the forward pass.
-    fn run_model_and_prepare(&mut self, output: &SchedulerOutput) -> Vec<Option<Vec<f32>>> {
+    fn run_model_and_prepare(&mut self, output: &SchedulerOutput) -> Vec<StepLogits> {
         let ids: Vec<SeqId> = (output.scheduled.iter())
             .filter(|s| s.sample)
             .filter(|s| (self.seq_states.get(&s.seq)).is_some_and(|st| st.has_processor()))
@@ -323,10 +326,11 @@ impl EngineLoop {
         }
     }
 
-    /// One forward pass, its logits read back; if it fails, each sequence alone, so a
-    /// failure stays with its own request. Returns a logits row per scheduled sequence
-    /// (`None`: not sampled, or failed). Times the prepare, forward and read-back phases.
-    fn run_model(&mut self, output: &SchedulerOutput) -> Vec<Option<Vec<f32>>> {
+    /// One forward pass; if it fails, each sequence alone, so a failure stays with its own
+    /// request. Returns the logits of the sampled sequences that did not fail, where the
+    /// model left them (one part, or one per sequence after a failure). Times the prepare
+    /// and forward phases.
+    fn run_model(&mut self, output: &SchedulerOutput) -> Vec<StepLogits> {
         let now = Instant::now();
         for s in &output.scheduled {
             if let Some(r) = self.requests.get_mut(&s.seq.request) {
@@ -339,20 +343,14 @@ impl EngineLoop {
         self.load_loras(output);
         let seqs: Vec<&ScheduledSeq> = output.scheduled.iter().collect();
         match self.run_timed(&seqs) {
-            Ok(logits) => {
-                self.timing.add_bytes(logits.device_to_host_bytes);
-                logits.rows
-            }
+            Ok(logits) => vec![logits],
             Err(e) => {
                 tracing::warn!(error = %e, "batch failed; retrying its sequences one by one");
                 let retrying = Instant::now();
-                let mut rows = Vec::with_capacity(output.scheduled.len());
+                let mut parts = Vec::with_capacity(output.scheduled.len());
                 for s in &output.scheduled {
                     match self.runner.run(&[s]) {
-                        Ok(r) => {
-                            self.timing.add_bytes(r.device_to_host_bytes);
-                            rows.push(r.rows.into_iter().next().flatten());
-                        }
+                        Ok(part) => parts.push(part),
                         Err(e) => {
                             self.scheduler.fail_step(&SchedulerOutput {
                                 scheduled: vec![s.clone()],
@@ -362,28 +360,24 @@ impl EngineLoop {
                                 s.seq.request,
                                 WickError::internal(format!("model step failed: {e}")),
                             );
-                            rows.push(None);
                         }
                     }
                 }
                 self.timing.add(StepPhase::Forward, retrying);
-                rows
+                parts
             }
         }
     }
 
-    /// The runner's three calls, each timed as its phase.
-    fn run_timed(&mut self, seqs: &[&ScheduledSeq]) -> wick_models::Result<HostLogits> {
+    /// The runner's prepare and forward calls, each timed as its phase.
+    fn run_timed(&mut self, seqs: &[&ScheduledSeq]) -> wick_models::Result<StepLogits> {
         let t = Instant::now();
         let input = self.runner.prepare(seqs)?;
         self.timing.add(StepPhase::PrepareInputs, t);
         let t = Instant::now();
         let logits = self.runner.forward(seqs, &input)?;
         self.timing.add(StepPhase::Forward, t);
-        let t = Instant::now();
-        let host = ModelRunner::logits_to_host(logits)?;
-        self.timing.add(StepPhase::Sample, t);
-        Ok(host)
+        Ok(logits)
     }
 
     /// Copies the adapters the scheduler placed in new slots into the model. A failed
@@ -472,45 +466,6 @@ impl EngineLoop {
                 r.on_preempted();
             }
         }
-    }
-
-    /// The next token of each sampled sequence (and its logprobs, when asked for).
-    fn sample(&mut self, output: &SchedulerOutput, logits: &[Option<Vec<f32>>]) -> StepSamples {
-        let mut sampled = Vec::new();
-        let mut logprobs = HashMap::new();
-        let mut after = HashMap::new();
-        for (s, row) in output.scheduled.iter().zip(logits) {
-            let (true, Some(row)) = (s.sample, row) else {
-                continue;
-            };
-            let (Some(request), Some(state), Some(seq)) = (
-                self.requests.get(&s.seq.request),
-                self.seq_states.get_mut(&s.seq),
-                self.scheduler.get(s.seq),
-            ) else {
-                continue;
-            };
-            let stop_ids = seq.stop().stop_ids();
-            let params = request.params();
-            let r = sample_row(row, params, state, stop_ids, &mut self.scratch);
-            sampled.push((s.seq, r.token));
-            logprobs.insert(s.seq, r.logprobs);
-            if state.has_processor() {
-                // Forced tokens would have no logprobs of their own: with logprobs asked
-                // for, each is sampled (the mask allows only it) in its own step.
-                let wants_logprobs = params.logprobs || params.top_logprobs > 0;
-                let forced = if wants_logprobs {
-                    vec![]
-                } else {
-                    state.take_forced()
-                };
-                let ended = state.ended();
-                if !forced.is_empty() || ended.is_some() {
-                    after.insert(s.seq, AfterSample { forced, ended });
-                }
-            }
-        }
-        (sampled, logprobs, after)
     }
 
     /// Sends one appended token; a finished sequence's sampling state goes with it.

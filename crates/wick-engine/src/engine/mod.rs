@@ -227,7 +227,8 @@ pub enum StepPhase {
     PrepareInputs,
     /// The forward pass, up to the logits of the sampled rows (waited for on a GPU).
     Forward,
-    /// From the logits to token ids on the host: the read back and the sampler.
+    /// From the logits to token ids on the host: the sampling rows built, the sampling op
+    /// (where the logits are) and its tokens read back.
     Sample,
     /// The scheduler appends the tokens and applies stop rules; tokens go to clients.
     Postprocess,
@@ -349,8 +350,8 @@ pub struct EngineStats {
     pub step_duration: DurationHistogram,
     /// Wall time of each phase of each step.
     pub step_phase_duration: StepPhaseHistograms,
-    /// Bytes the steps read back from the model's device (the sampled rows' logits;
-    /// counted on the CPU too, as what would cross from a GPU).
+    /// Bytes the steps read back from the model's device (sampled token ids and the
+    /// logprobs asked for; counted on the CPU too, as what would cross from a GPU).
     pub device_to_host_bytes: u64,
     /// When the last step finished, seconds since the Unix epoch; `None` before any.
     pub last_step_unix_s: Option<f64>,

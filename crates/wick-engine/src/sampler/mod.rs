@@ -1,19 +1,24 @@
-//! Turns one row of logits into the next token, honouring every OpenAI sampling
-//! parameter: logit_bias, min_tokens (eos and stop ids masked), repetition / presence /
-//! frequency penalties, temperature (0 = greedy), top_k, top_p, min_p, and a per-sequence
-//! seeded random stream, so a seeded request draws the same tokens whatever else is in the
-//! batch. Logprobs (chosen and top-N alternatives) are those of the model's raw
-//! distribution, as vLLM reports them by default.
+//! The host side of sampling: per-sequence state (seed, penalty counts, the logits
+//! processor) and [`push_row`], which describes a sequence's next draw as one row of a
+//! [`SamplingBatch`]. The draw itself is wick-kernels' sampling op
+//! ([`wick_kernels::sample`]), which runs where the logits are and applies every OpenAI
+//! sampling parameter: logit_bias, min_tokens (eos and stop ids banned), repetition /
+//! presence / frequency penalties, temperature (0 = greedy), top_k, top_p, min_p, with
+//! Philox draws keyed by the request's seed, the completion's index and the token's
+//! position, so a seeded request draws the same tokens whatever else is in the batch (and
+//! again after a preemption). Logprobs (chosen and top-N alternatives) are those of the
+//! model's raw distribution, as vLLM reports them by default.
 //!
 //! A sequence may carry a [`LogitsProcessor`] (the `processor` module): its
-//! [`SamplingConstraint`] (allowed-token bitset, bias list) is applied where logit_bias
-//! is, and it is told every token sampled.
+//! [`SamplingConstraint`] (allowed-token bitset, bias list) goes into the row beside
+//! logit_bias, and it is told every token sampled.
 //!
-//! Allocation: each row works in a [`SampleScratch`] reused across rows and steps; the
-//! full vocabulary is never sorted (top-k/top-p select candidates with a partial
-//! selection first).
+//! Penalty counts stay on the host and go into each step's batch as a sparse list (only
+//! for sequences with a penalty on), uploaded with it.
 
 mod processor;
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;
 
@@ -21,52 +26,18 @@ pub use processor::{LogitsProcessor, LogitsProcessorFactory, SamplingConstraint,
 
 use std::collections::HashMap;
 use wick_core::{SamplingParams, TokenLogprobs};
-
-/// A small, fast, reproducible PRNG (xoshiro256**, seeded through SplitMix64), kept per
-/// sequence. Our own so that seeded outputs do not change with a dependency's version.
-#[derive(Debug, Clone)]
-pub struct SeqRng([u64; 4]);
-
-impl SeqRng {
-    /// A stream determined by `seed`.
-    pub fn from_seed(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Self([next(), next(), next(), next()])
-    }
-
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let s = &mut self.0;
-        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
+use wick_kernels::{RowEdits, RowParams, SampledToken, SamplingBatch};
 
 /// Per-sequence sampling state, kept by the engine for the sequence's lifetime
-/// (including across preemptions): the random stream, the penalty state, and the
-/// sequence's logits processor, if any.
+/// (including across preemptions): the key of its random draws, the penalty state, and
+/// the sequence's logits processor, if any.
 pub struct SeqSamplingState {
-    /// The sequence's random stream.
-    pub rng: SeqRng,
+    /// The request's seed.
+    pub seed: u64,
+    /// The completion's index among the request's `n`.
+    pub index: u32,
+    /// Tokens in the prompt (the first sampled token's position).
+    pub prompt_len: usize,
     /// How often each token occurs in the output so far (presence/frequency penalties).
     pub output_counts: HashMap<u32, u32>,
     /// Distinct tokens of the prompt, sorted (the repetition penalty looks at prompt
@@ -85,7 +56,8 @@ pub struct SeqSamplingState {
 impl std::fmt::Debug for SeqSamplingState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SeqSamplingState")
-            .field("rng", &self.rng)
+            .field("seed", &self.seed)
+            .field("index", &self.index)
             .field("output_counts", &self.output_counts)
             .field("prompt_tokens", &self.prompt_tokens)
             .field("num_generated", &self.num_generated)
@@ -97,9 +69,10 @@ impl std::fmt::Debug for SeqSamplingState {
 impl SeqSamplingState {
     /// State for completion `index` of a request; `seed` makes it reproducible.
     pub fn new(seed: u64, index: usize, prompt: &[u32], params: &SamplingParams) -> Self {
-        let mixed = seed ^ (index as u64).wrapping_mul(0xA076_1D64_78BD_642F);
         Self {
-            rng: SeqRng::from_seed(mixed),
+            seed,
+            index: index as u32,
+            prompt_len: prompt.len(),
             output_counts: HashMap::new(),
             prompt_tokens: if params.repetition_penalty != 1.0 {
                 let mut distinct = prompt.to_vec();
@@ -182,209 +155,83 @@ impl SeqSamplingState {
     }
 }
 
-/// Reusable buffers for one row.
+/// Buffers [`push_row`] reuses across rows and steps.
 #[derive(Debug, Default)]
-pub struct SampleScratch {
-    logits: Vec<f32>,
-    candidates: Vec<(u32, f32)>,
+pub struct RowScratch {
+    bias: Vec<(u32, f32)>,
+    penalties: Vec<(u32, u32)>,
+    allowed: Vec<u32>,
 }
 
-/// The result for one row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampled {
-    /// Chosen token.
-    pub token: u32,
-    /// Its logprob and alternatives, when asked for.
-    pub logprobs: Option<TokenLogprobs>,
-}
-
-/// Samples the next token from `raw` logits (one row, vocab-sized).
-/// `stop_ids` are the ids (eos and the request's stop ids) that `min_tokens` holds back.
-pub fn sample_row(
-    raw: &[f32],
+/// Appends the row of `state`'s next draw to `batch`: `params`, the processor's
+/// constraint, `logit_bias`, `stop_ids` banned while `min_tokens` holds them back, and the
+/// penalties' token counts. Errors (adding nothing) when the batch refuses the row.
+pub fn push_row(
+    batch: &mut SamplingBatch,
     params: &SamplingParams,
     state: &mut SeqSamplingState,
     stop_ids: &[u32],
-    scratch: &mut SampleScratch,
-) -> Sampled {
-    let vocab = raw.len();
-    let logits = &mut scratch.logits;
-    logits.clear();
-    logits.extend_from_slice(raw);
-    if let Some(constraint) = state.constraint() {
-        constraint.apply(logits);
+    scratch: &mut RowScratch,
+) -> candle_core::Result<()> {
+    let constraint = state.constraint();
+    let bias = &mut scratch.bias;
+    bias.clear();
+    if let Some(c) = &constraint {
+        bias.extend_from_slice(&c.bias);
     }
-    for (&tok, &bias) in &params.logit_bias {
-        if let Some(l) = logits.get_mut(tok as usize) {
-            *l += bias;
-        }
-    }
+    bias.extend(params.logit_bias.iter().map(|(&t, &b)| (t, b)));
     if state.num_generated < params.min_tokens {
-        for &t in stop_ids {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = f32::NEG_INFINITY;
-            }
-        }
+        bias.extend(stop_ids.iter().map(|&t| (t, f32::NEG_INFINITY)));
     }
-    if params.repetition_penalty != 1.0 {
-        let rp = params.repetition_penalty;
-        let mut apply = |t: u32| {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = if *l > 0.0 { *l / rp } else { *l * rp };
-            }
-        };
-        // Each distinct token once: prompt_tokens is deduplicated, and tokens also in the
-        // output are penalised through output_counts.
-        for &t in &state.prompt_tokens {
-            if !state.output_counts.contains_key(&t) {
-                apply(t);
-            }
-        }
-        for &t in state.output_counts.keys() {
-            apply(t);
-        }
+    let penalties = &mut scratch.penalties;
+    penalties.clear();
+    let penalised = params.repetition_penalty != 1.0
+        || params.presence_penalty != 0.0
+        || params.frequency_penalty != 0.0;
+    if penalised {
+        penalties.extend(state.output_counts.iter().map(|(&t, &c)| (t, c)));
+        // Prompt tokens also in the output are listed once, with their output count.
+        let prompt_only = (state.prompt_tokens.iter())
+            .filter(|t| !state.output_counts.contains_key(t))
+            .map(|&t| (t, 0));
+        penalties.extend(prompt_only);
     }
-    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
-        for (&t, &c) in &state.output_counts {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l -= params.frequency_penalty * c as f32 + params.presence_penalty;
-            }
-        }
-    }
-
-    let token = if params.temperature == 0.0 {
-        argmax(logits)
-    } else {
-        sample_filtered(logits, params, &mut state.rng, &mut scratch.candidates)
-    }
-    .min(vocab.saturating_sub(1) as u32);
-
-    let logprobs = (params.logprobs || params.top_logprobs > 0)
-        .then(|| raw_logprobs(raw, token, params.top_logprobs, &mut scratch.candidates));
-    state.push(token);
-    Sampled { token, logprobs }
+    let row = RowParams {
+        temperature: params.temperature,
+        top_k: u32::try_from(params.top_k).unwrap_or(u32::MAX),
+        top_p: params.top_p,
+        min_p: params.min_p,
+        repetition_penalty: params.repetition_penalty,
+        presence_penalty: params.presence_penalty,
+        frequency_penalty: params.frequency_penalty,
+        seed: state.seed,
+        index: state.index,
+        position: (state.prompt_len + state.num_generated) as u64,
+        logprob: params.logprobs || params.top_logprobs > 0,
+        top_logprobs: params.top_logprobs.min(wick_kernels::MAX_TOP_LOGPROBS) as u32,
+    };
+    // A bitset over another vocabulary size (the tokenizer's, not the model's): ids past
+    // it are not allowed.
+    let allowed = (constraint.as_ref().and_then(|c| c.allowed.as_ref())).map(|a| {
+        let words = a.words();
+        let want = batch.vocab().div_ceil(32);
+        scratch.allowed.clear();
+        scratch.allowed.extend(words.iter().take(want));
+        scratch.allowed.resize(want, 0);
+        &scratch.allowed[..]
+    });
+    let edits = RowEdits {
+        bias,
+        penalties,
+        allowed,
+    };
+    batch.push(row, edits)
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &x) in v.iter().enumerate() {
-        if x > best_v {
-            best = i;
-            best_v = x;
-        }
-    }
-    best as u32
-}
-
-/// log-sum-exp of a row, stable.
-fn log_sum_exp(v: &[f32]) -> f32 {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return max;
-    }
-    let sum: f32 = v.iter().map(|&x| (x - max).exp()).sum();
-    max + sum.ln()
-}
-
-/// Keeps the `k` largest of `cands` (unordered) in place.
-fn keep_top(cands: &mut Vec<(u32, f32)>, k: usize) {
-    if k < cands.len() {
-        cands.select_nth_unstable_by(k, |a, b| b.1.total_cmp(&a.1));
-        cands.truncate(k);
-    }
-}
-
-fn sample_filtered(
-    logits: &mut [f32],
-    params: &SamplingParams,
-    rng: &mut SeqRng,
-    cands: &mut Vec<(u32, f32)>,
-) -> u32 {
-    let inv_t = 1.0 / params.temperature;
-    for l in logits.iter_mut() {
-        *l *= inv_t;
-    }
-    let lse = log_sum_exp(logits);
-    if !lse.is_finite() {
-        return argmax(logits);
-    }
-    cands.clear();
-    cands.extend(
-        logits
-            .iter()
-            .enumerate()
-            .filter(|(_, &l)| l > f32::NEG_INFINITY)
-            .map(|(i, &l)| (i as u32, (l - lse).exp())),
-    );
-    if params.top_k > 0 {
-        keep_top(cands, params.top_k);
-    }
-    if params.min_p > 0.0 {
-        let top = cands.iter().map(|c| c.1).fold(0.0, f32::max);
-        let floor = params.min_p * top;
-        cands.retain(|c| c.1 >= floor);
-    }
-    if params.top_p < 1.0 {
-        // Most of the mass usually sits in few tokens: try a small prefix before sorting all.
-        let mut k = 64.min(cands.len());
-        loop {
-            keep_top_sorted_prefix(cands, k);
-            let mass: f32 = cands[..k].iter().map(|c| c.1).sum();
-            if mass >= params.top_p || k == cands.len() {
-                break;
-            }
-            k = (k * 8).min(cands.len());
-        }
-        let mut cum = 0.0;
-        let mut cut = cands.len();
-        for (i, c) in cands.iter().enumerate() {
-            cum += c.1;
-            if cum >= params.top_p {
-                cut = i + 1;
-                break;
-            }
-        }
-        cands.truncate(cut.max(1));
-    }
-    let total: f64 = cands.iter().map(|c| c.1 as f64).sum();
-    let mut r = rng.next_f64() * total;
-    for c in cands.iter() {
-        r -= c.1 as f64;
-        if r < 0.0 {
-            return c.0;
-        }
-    }
-    cands.last().map(|c| c.0).unwrap_or_else(|| argmax(logits))
-}
-
-/// Moves the `k` largest to the front, sorted descending (ties by lower id).
-fn keep_top_sorted_prefix(cands: &mut [(u32, f32)], k: usize) {
-    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if k < cands.len() {
-        cands.select_nth_unstable_by(k, cmp);
-    }
-    cands[..k].sort_unstable_by(cmp);
-}
-
-fn raw_logprobs(
-    raw: &[f32],
-    token: u32,
-    top_n: usize,
-    cands: &mut Vec<(u32, f32)>,
-) -> TokenLogprobs {
-    let lse = log_sum_exp(raw);
-    let logprob = raw
-        .get(token as usize)
-        .map(|&l| l - lse)
-        .unwrap_or(f32::NEG_INFINITY);
-    let mut top = Vec::new();
-    if top_n > 0 {
-        cands.clear();
-        cands.extend(raw.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let k = top_n.min(cands.len());
-        keep_top_sorted_prefix(cands, k);
-        top.extend(cands[..k].iter().map(|&(i, l)| (i, l - lse)));
-    }
-    TokenLogprobs { logprob, top }
+/// The logprobs of a sampled row, when its request asked for them.
+pub fn token_logprobs(sampled: &SampledToken) -> Option<TokenLogprobs> {
+    sampled.logprob.map(|logprob| TokenLogprobs {
+        logprob,
+        top: sampled.top.clone(),
+    })
 }

@@ -1,14 +1,40 @@
 //! Sampler unit tests: each parameter, seeded determinism, the distribution, and the
 //! logits-processor hook.
 
+use super::reference::{self, log_sum_exp, SampleScratch, SeqRng};
 use super::*;
+use candle_core::{Device, Tensor};
 
 fn state(params: &SamplingParams, seed: u64) -> SeqSamplingState {
     SeqSamplingState::new(seed, 0, &[1, 2, 3], params)
 }
 
+/// One row's result through the engine's path: [`push_row`], then the sampling op on
+/// the CPU, then the state told the token.
+struct Sampled {
+    token: u32,
+    logprobs: Option<TokenLogprobs>,
+}
+
+fn sample_one(
+    raw: &[f32],
+    params: &SamplingParams,
+    st: &mut SeqSamplingState,
+    stop_ids: &[u32],
+) -> Sampled {
+    let mut batch = SamplingBatch::new(raw.len());
+    push_row(&mut batch, params, st, stop_ids, &mut RowScratch::default()).unwrap();
+    let logits = Tensor::from_slice(raw, (1, raw.len()), &Device::Cpu).unwrap();
+    let drawn = wick_kernels::sample(&logits, &batch).unwrap().remove(0);
+    st.push(drawn.token);
+    Sampled {
+        token: drawn.token,
+        logprobs: token_logprobs(&drawn),
+    }
+}
+
 fn draw(raw: &[f32], params: &SamplingParams, st: &mut SeqSamplingState) -> u32 {
-    sample_row(raw, params, st, &[0], &mut SampleScratch::default()).token
+    sample_one(raw, params, st, &[0]).token
 }
 
 #[test]
@@ -18,13 +44,7 @@ fn greedy_takes_argmax_and_reports_raw_logprobs() {
         ..SamplingParams::greedy(4)
     };
     let raw = [0.0, 3.0, 1.0, 2.0];
-    let s = sample_row(
-        &raw,
-        &p,
-        &mut state(&p, 0),
-        &[],
-        &mut SampleScratch::default(),
-    );
+    let s = sample_one(&raw, &p, &mut state(&p, 0), &[]);
     assert_eq!(s.token, 1);
     let lp = s.logprobs.unwrap();
     let lse = log_sum_exp(&raw);
@@ -207,7 +227,7 @@ fn a_processor_allowing_some_tokens_confines_greedy_choices() {
         logprobs: true,
         ..p.clone()
     };
-    let s = sample_row(&raw, &lp, &mut st, &[], &mut SampleScratch::default());
+    let s = sample_one(&raw, &lp, &mut st, &[]);
     assert_eq!(s.token, 3);
     let lse = log_sum_exp(&raw);
     assert!((s.logprobs.unwrap().logprob - (3.0 - lse)).abs() < 1e-6);
@@ -277,4 +297,64 @@ fn the_processor_sees_each_sampled_token_and_the_output_so_far() {
         *seen.lock().unwrap(),
         vec![(vec![], 1), (vec![1], 2), (vec![1, 2], 0)]
     );
+}
+
+/// Where both are exact, the sampling op agrees with the sampler it replaced: greedy
+/// tokens under every edit (logit_bias, min_tokens, the three penalties, a processor's
+/// bitset and bias) and the logprobs, over random rows and many steps.
+#[test]
+fn the_op_matches_the_old_sampler_where_both_are_exact() {
+    let vocab = 300;
+    let mut x = 12345u64;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 33) as f32 / (1u64 << 31) as f32) * 10.0 - 5.0
+    };
+    let params = [
+        SamplingParams {
+            logprobs: true,
+            top_logprobs: 5,
+            ..SamplingParams::greedy(64)
+        },
+        SamplingParams {
+            logit_bias: [(7u32, 3.0f32), (8, -100.0)].into_iter().collect(),
+            min_tokens: 3,
+            repetition_penalty: 1.4,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.3,
+            top_logprobs: 3,
+            ..SamplingParams::greedy(64)
+        },
+    ];
+    let prompt: Vec<u32> = (0..40).map(|i| i * 7 % vocab as u32).collect();
+    for p in &params {
+        for with_processor in [false, true] {
+            let make = || {
+                let st = SeqSamplingState::new(9, 0, &prompt, p);
+                let allowed: Vec<u32> = (0..vocab as u32).filter(|t| t % 3 != 0).collect();
+                let processor: Option<Box<dyn LogitsProcessor>> = with_processor.then(|| {
+                    Box::new(OnlyThese {
+                        allowed,
+                        vocab,
+                        seen: Seen::default(),
+                        generated_at_last_step: vec![],
+                    }) as Box<dyn LogitsProcessor>
+                });
+                st.with_processor(processor)
+            };
+            let (mut new, mut old) = (make(), make());
+            let mut rng = SeqRng::from_seed(0);
+            let mut scratch = SampleScratch::default();
+            for step in 0..30 {
+                let raw: Vec<f32> = (0..vocab).map(|_| next()).collect();
+                let stop = [1, 2];
+                let a = sample_one(&raw, p, &mut new, &stop);
+                let b = reference::sample_row(&raw, p, &mut old, &mut rng, &stop, &mut scratch);
+                assert_eq!(a.token, b.token, "{p:?} step {step}");
+                assert_eq!(a.logprobs, b.logprobs, "{p:?} step {step}");
+            }
+        }
+    }
 }
