@@ -111,8 +111,8 @@ __device__ __forceinline__ bool before(float v, uint32_t i, float bv, uint32_t b
     return v > bv || (v == bv && i < bi);
 }
 
-/// The block's first (value desc, id asc) pair; id UINT32_MAX if no thread had one.
-__device__ void block_best(float& v, uint32_t& i, float* sv, uint32_t* si) {
+/// The warp's first (value desc, id asc) pair, in every lane.
+__device__ __forceinline__ void warp_best(float& v, uint32_t& i) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, v, o);
@@ -122,6 +122,11 @@ __device__ void block_best(float& v, uint32_t& i, float* sv, uint32_t* si) {
             i = oi;
         }
     }
+}
+
+/// The block's first (value desc, id asc) pair; id UINT32_MAX if no thread had one.
+__device__ void block_best(float& v, uint32_t& i, float* sv, uint32_t* si) {
+    warp_best(v, i);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads();
     if (lane == 0) {
@@ -131,15 +136,7 @@ __device__ void block_best(float& v, uint32_t& i, float* sv, uint32_t* si) {
     __syncthreads();
     v = lane < SAMPLE_WARPS ? sv[lane] : -INFINITY;
     i = lane < SAMPLE_WARPS ? si[lane] : 0xFFFFFFFFu;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const uint32_t oi = __shfl_xor_sync(0xffffffffu, i, o);
-        if (before(ov, oi, v, i)) {
-            v = ov;
-            i = oi;
-        }
-    }
+    warp_best(v, i);
 }
 
 /// y of token t at inverse temperature inv_t (NaN as -inf).

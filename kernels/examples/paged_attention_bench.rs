@@ -30,13 +30,8 @@ fn bench(
     let q = Tensor::randn(0f32, 1.0, (num_seqs * q_len, HEADS, HEAD_DIM), &dev)?.to_dtype(dtype)?;
     let table: Vec<u32> = (0..num_blocks as u32).collect();
     let cu: Vec<u32> = (0..=num_seqs as u32).map(|s| s * q_len as u32).collect();
-    let meta = PagedAttentionMetadata {
-        block_tables: Tensor::from_vec(table, (num_seqs, per_seq), &dev)?,
-        cu_seqlens_q: Tensor::from_vec(cu, num_seqs + 1, &dev)?,
-        seq_lens: Tensor::from_vec(vec![seq_len as u32; num_seqs], num_seqs, &dev)?,
-        max_seqlen_q: q_len,
-        max_seq_len: seq_len,
-    };
+    let meta =
+        PagedAttentionMetadata::new(table, per_seq, cu, vec![seq_len as u32; num_seqs], &dev)?;
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     paged_attention(&q, &cache, &cache, &meta, scale, None)?;
     let start = Instant::now();

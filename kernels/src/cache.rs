@@ -8,21 +8,67 @@
 //!   slot appears twice (two tokens cannot own one cache row).
 //!
 //! An invalid slot fails the call with nothing written, so a cache is never half-updated by
-//! a rejected step (on CUDA the slots are checked on the host first, see `cuda`). Because a
-//! slot's row holds all heads contiguously, one token is one `copy_from_slice` of
-//! `num_kv_heads * head_dim` elements.
+//! a rejected step. Slots are checked on the host, from the [`SlotMapping`]'s host copy
+//! (once per cache size: every layer of a step passes the same mapping), so a GPU step
+//! reads nothing back. Because a slot's row holds all heads contiguously, one token is
+//! one `copy_from_slice` of `num_kv_heads * head_dim` elements.
 
 use crate::cpu_util::{contiguous_slice, is_float, Elem};
-use candle_core::{bail, CpuStorage, DType, InplaceOp3, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, Device, InplaceOp3, Layout, Result, Tensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The cache slot of each token of a step, built once on the host and shared by every
+/// layer: the host copy (checked there) and the i64 `[num_tokens]` tensor the kernels read
+/// on the model's device. Slot = `block_id * block_size + offset_in_block`; -1 skips the
+/// token (padding).
+#[derive(Debug, Clone)]
+pub struct SlotMapping {
+    host: Arc<[i64]>,
+    tensor: Tensor,
+    /// The cache size (in slots) the slots were last found valid for; 0: none yet.
+    checked_for: Arc<AtomicUsize>,
+}
+
+impl SlotMapping {
+    /// `slots` on the host and uploaded to `device` (one copy).
+    pub fn new(slots: Vec<i64>, device: &Device) -> Result<Self> {
+        let n = slots.len();
+        Ok(Self {
+            tensor: Tensor::from_vec(slots.clone(), n, device)?,
+            host: slots.into(),
+            checked_for: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The slots, on the host.
+    pub fn slots(&self) -> &[i64] {
+        &self.host
+    }
+
+    /// The slots on the model's device (i64 `[num_tokens]`).
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// Checks the slots against a cache of `num_slots` slots, unless already done.
+    fn check(&self, num_slots: usize) -> Result<()> {
+        if self.checked_for.load(Ordering::Relaxed) == num_slots && num_slots > 0 {
+            return Ok(());
+        }
+        check_slots(&self.host, num_slots)?;
+        self.checked_for.store(num_slots, Ordering::Relaxed);
+        Ok(())
+    }
+}
 
 /// Writes the step's new keys/values into the paged cache: row t of `key`/`value` goes to
-/// slot `slot_mapping[t]`; a slot of -1 means "skip this token" (padding).
+/// slot `slot_mapping.slots()[t]`; a slot of -1 means "skip this token" (padding).
 ///
 /// - `key`, `value`: `[num_tokens, num_kv_heads, head_dim]`, the caches' dtype (f32, f16 or
 ///   bf16); made contiguous here if they are not.
 /// - `key_cache`, `value_cache`: `[num_blocks, block_size, num_kv_heads, head_dim]`,
 ///   contiguous; updated in place.
-/// - `slot_mapping`: i64 `[num_tokens]`, slot = `block_id * block_size + offset_in_block`.
 ///
 /// Errors (with neither cache modified) on mismatched shapes, dtypes or devices, a
 /// non-contiguous cache, a slot below -1 or past the cache, or a slot used twice.
@@ -31,7 +77,7 @@ pub fn reshape_and_cache(
     value: &Tensor,
     key_cache: &Tensor,
     value_cache: &Tensor,
-    slot_mapping: &Tensor,
+    slot_mapping: &SlotMapping,
 ) -> Result<()> {
     let cache_dims = check_cache(key_cache, value_cache)?;
     let (_, _, kv_heads, head_dim) = cache_dims;
@@ -42,39 +88,31 @@ pub fn reshape_and_cache(
             value.dim(0)?
         );
     }
-    if slot_mapping.dtype() != DType::I64 {
+    if slot_mapping.slots().len() != num_tokens {
         bail!(
-            "reshape_and_cache: slot_mapping must be i64, got {:?}",
-            slot_mapping.dtype()
+            "reshape_and_cache: slot_mapping must have {num_tokens} slots (one per token), got {}",
+            slot_mapping.slots().len()
         );
     }
-    if slot_mapping.dims() != [num_tokens] {
-        bail!(
-            "reshape_and_cache: slot_mapping must be [{num_tokens}] (one slot per token), got {:?}",
-            slot_mapping.dims()
-        );
-    }
-    if !slot_mapping.device().same_device(key_cache.device()) {
+    if !slot_mapping
+        .tensor()
+        .device()
+        .same_device(key_cache.device())
+    {
         bail!("reshape_and_cache: slot_mapping is on another device than the cache");
     }
     if num_tokens == 0 {
         return Ok(());
     }
-    let (key, value, slots) = (
-        key.contiguous()?,
-        value.contiguous()?,
-        slot_mapping.contiguous()?,
-    );
+    let num_slots = cache_dims.0 * cache_dims.1;
+    slot_mapping.check(num_slots)?;
+    let (key, value) = (key.contiguous()?, value.contiguous()?);
     let op = WriteCache {
-        num_slots: cache_dims.0 * cache_dims.1,
+        num_slots,
         row_len: kv_heads * head_dim,
     };
-    #[cfg(feature = "cuda")]
-    if slots.device().is_cuda() {
-        crate::cuda::cache::check_slots_once(&slots, op.num_slots)?;
-    }
-    key_cache.inplace_op3(&key, &slots, &op)?;
-    value_cache.inplace_op3(&value, &slots, &op)
+    key_cache.inplace_op3(&key, slot_mapping.tensor(), &op)?;
+    value_cache.inplace_op3(&value, slot_mapping.tensor(), &op)
 }
 
 /// Checks the two caches against each other; returns their dims.
@@ -133,8 +171,8 @@ fn check_rows(
     Ok(dims[0])
 }
 
-/// The in-place op: dst = one cache, srcs = (its rows, slot_mapping). Dims are checked by
-/// [`reshape_and_cache`]; slot values here.
+/// The in-place op: dst = one cache, srcs = (its rows, the slot tensor). Dims and slot
+/// values are checked by [`reshape_and_cache`] before it runs.
 struct WriteCache {
     /// `num_blocks * block_size`.
     num_slots: usize,
@@ -166,7 +204,6 @@ pub(crate) fn check_slots(slots: &[i64], num_slots: usize) -> Result<()> {
 
 impl WriteCache {
     fn write<T: Elem>(&self, cache: &mut [T], rows: &[T], slots: &[i64]) -> Result<()> {
-        check_slots(slots, self.num_slots)?;
         let n = self.row_len;
         if cache.len() != self.num_slots * n || rows.len() != slots.len() * n {
             bail!("reshape_and_cache: storage sizes disagree with the shapes checked");
@@ -174,7 +211,10 @@ impl WriteCache {
         for (row, &slot) in rows.chunks_exact(n).zip(slots) {
             if slot >= 0 {
                 let at = slot as usize * n;
-                cache[at..at + n].copy_from_slice(row);
+                let Some(dst) = cache.get_mut(at..at + n) else {
+                    bail!("reshape_and_cache: slot {slot} outside the cache");
+                };
+                dst.copy_from_slice(row);
             }
         }
         Ok(())

@@ -36,6 +36,7 @@ mod cache;
 mod cpu_util;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod device_memory;
 mod lora;
 mod lora_cpu;
 mod paged_attention;
@@ -47,7 +48,8 @@ mod sampling_cpu;
 mod simd;
 mod work_list;
 
-pub use cache::reshape_and_cache;
+pub use cache::{reshape_and_cache, SlotMapping};
+pub use device_memory::{device_memory, peak_allocation, prepare_device, DeviceMemory};
 pub use lora::{lora_apply, LoraBatch};
 pub use paged_attention::{paged_attention, PagedAttentionMetadata};
 pub use quant::QuantMatrix;

@@ -5,32 +5,123 @@
 //! - q is `[num_tokens, num_heads, head_dim]`; the caches are
 //!   `[num_blocks, block_size, num_kv_heads, head_dim]`, contiguous, one shape, and one
 //!   float dtype shared with q; `num_heads` is a multiple of `num_kv_heads`.
-//! - metadata is u32: `cu_seqlens_q` starts at 0, never decreases and ends at most at
-//!   `num_tokens`; each sequence has `q_len <= seq_len`, `q_len <= max_seqlen_q`,
-//!   `seq_len <= max_seq_len`; its block table row is at least `ceil(seq_len / block_size)`
-//!   wide and those entries are block ids below `num_blocks` (later entries are ignored).
+//! - the metadata (its host copy): `cu_seqlens_q` starts at 0, never decreases and ends at
+//!   most at `num_tokens`; each sequence has `q_len <= seq_len`; its block table row is at
+//!   least `ceil(seq_len / block_size)` wide and those entries are block ids below
+//!   `num_blocks` (later entries are ignored).
 //!
 //! Rows of q after `cu_seqlens_q[num_seqs]` (padding tokens) belong to no sequence and come
 //! out as zeros.
 
 use crate::attention_cpu::{self, Dims, Params, Seq};
-use crate::cpu_util::{contiguous_slice, is_float, storage_slice, Elem};
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use crate::cpu_util::{contiguous_slice, is_float, Elem};
+use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
 
-/// Batch description shared by every layer of one step (plain tensors on the model's device).
+/// Batch description shared by every layer of one step, built once on the host: the host
+/// copies the ops check and plan from (so a GPU step reads nothing back), and the block
+/// tables on the model's device, which the kernels read.
 #[derive(Debug, Clone)]
 pub struct PagedAttentionMetadata {
-    /// u32 `[num_seqs, max_blocks_per_seq]`; row s lists seq s's blocks in order (unused
-    /// entries arbitrary).
-    pub block_tables: Tensor,
-    /// u32 `[num_seqs + 1]`; queries of seq s are rows `cu[s]..cu[s+1]` of q.
-    pub cu_seqlens_q: Tensor,
-    /// u32 `[num_seqs]`; tokens in seq s's context INCLUDING this step's new ones.
-    pub seq_lens: Tensor,
-    /// Largest `cu[s+1] - cu[s]` (an upper bound is fine).
-    pub max_seqlen_q: usize,
-    /// Largest `seq_lens[s]` (an upper bound is fine).
-    pub max_seq_len: usize,
+    host: Arc<HostMetadata>,
+    /// u32 `[num_seqs, width]` on the model's device.
+    block_tables: Tensor,
+    /// The CUDA work lists made from this metadata (one per kernel choice), shared by the
+    /// layers of the step.
+    #[cfg(feature = "cuda")]
+    pub(crate) plans: crate::cuda::attention::PlanCache,
+}
+
+#[derive(Debug)]
+struct HostMetadata {
+    block_tables: Vec<u32>,
+    width: usize,
+    cu_seqlens_q: Vec<u32>,
+    seq_lens: Vec<u32>,
+    max_seqlen_q: usize,
+    max_seq_len: usize,
+}
+
+impl PagedAttentionMetadata {
+    /// The metadata of `seq_lens.len()` sequences: `block_tables` row-major
+    /// `[num_seqs, width]` (row s lists seq s's blocks in order; unused entries arbitrary),
+    /// `cu_seqlens_q` `[num_seqs + 1]` (queries of seq s are rows `cu[s]..cu[s+1]` of q),
+    /// `seq_lens` (tokens in seq s's context INCLUDING this step's new ones). Uploads the
+    /// block tables to `device` (one copy). Errors if the lengths disagree; the values are
+    /// checked against q and the cache by [`paged_attention`].
+    pub fn new(
+        block_tables: Vec<u32>,
+        width: usize,
+        cu_seqlens_q: Vec<u32>,
+        seq_lens: Vec<u32>,
+        device: &Device,
+    ) -> Result<Self> {
+        let n = seq_lens.len();
+        if cu_seqlens_q.len() != n + 1 || block_tables.len() != n * width {
+            bail!(
+                "paged_attention: {n} sequences need {} cu_seqlens_q and {n} x {width} block \
+                 table entries, got {} and {}",
+                n + 1,
+                cu_seqlens_q.len(),
+                block_tables.len()
+            );
+        }
+        let max_seqlen_q = (cu_seqlens_q.windows(2))
+            .map(|w| w[1].saturating_sub(w[0]) as usize)
+            .max()
+            .unwrap_or(0);
+        let max_seq_len = seq_lens.iter().copied().max().unwrap_or(0) as usize;
+        let tensor = Tensor::from_slice(&block_tables, (n, width), device)?;
+        Ok(Self {
+            host: Arc::new(HostMetadata {
+                block_tables,
+                width,
+                cu_seqlens_q,
+                seq_lens,
+                max_seqlen_q,
+                max_seq_len,
+            }),
+            block_tables: tensor,
+            #[cfg(feature = "cuda")]
+            plans: Default::default(),
+        })
+    }
+
+    /// Number of sequences.
+    pub fn num_seqs(&self) -> usize {
+        self.host.seq_lens.len()
+    }
+
+    /// Row s of the block tables (all `width` entries).
+    pub fn block_table(&self, s: usize) -> &[u32] {
+        &self.host.block_tables[s * self.host.width..(s + 1) * self.host.width]
+    }
+
+    /// `cu_seqlens_q`.
+    pub fn cu_seqlens_q(&self) -> &[u32] {
+        &self.host.cu_seqlens_q
+    }
+
+    /// `seq_lens`.
+    pub fn seq_lens(&self) -> &[u32] {
+        &self.host.seq_lens
+    }
+
+    /// Largest number of queries of one sequence.
+    pub fn max_seqlen_q(&self) -> usize {
+        self.host.max_seqlen_q
+    }
+
+    /// Largest context of one sequence.
+    pub fn max_seq_len(&self) -> usize {
+        self.host.max_seq_len
+    }
+
+    /// The block tables on the model's device (u32 `[num_seqs, width]`).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn block_tables_tensor(&self) -> &Tensor {
+        &self.block_tables
+    }
 }
 
 /// One attention op for prefill, chunked prefill and decode over a ragged batch.
@@ -51,9 +142,8 @@ pub struct PagedAttentionMetadata {
 /// zeros. Block table entries past `ceil(seq_lens[s] / block_size)` are never read.
 ///
 /// Errors (never panics) on: mismatched shapes, dtypes or devices; non-contiguous caches;
-/// `num_heads` not a multiple of `num_kv_heads`; metadata that is not u32 or whose
-/// `cu_seqlens_q` does not start at 0, decreases, or runs past q; a sequence with
-/// `q_len > seq_len`, `q_len > max_seqlen_q` or `seq_len > max_seq_len`; a block table row
+/// `num_heads` not a multiple of `num_kv_heads`; metadata whose `cu_seqlens_q` does not
+/// start at 0, decreases, or runs past q; a sequence with `q_len > seq_len`; a block table row
 /// too short for its `seq_len`, or a used block id `>= num_blocks`; a zero
 /// `sliding_window`; a non-finite `softmax_scale`.
 pub fn paged_attention(
@@ -72,11 +162,7 @@ pub fn paged_attention(
         bail!("paged_attention: sliding_window must be at least 1 (it counts the query itself)");
     }
     let op = PagedAttention {
-        block_tables: meta.block_tables.contiguous()?,
-        cu_seqlens_q: meta.cu_seqlens_q.contiguous()?,
-        seq_lens: meta.seq_lens.contiguous()?,
-        max_seqlen_q: meta.max_seqlen_q,
-        max_seq_len: meta.max_seq_len,
+        meta: meta.clone(),
         params: Params {
             softmax_scale,
             sliding_window,
@@ -137,38 +223,11 @@ fn check_shapes(
     if !key_cache.is_contiguous() || !value_cache.is_contiguous() {
         bail!("paged_attention: the caches must be contiguous");
     }
-    let want = [
-        ("block_tables", &meta.block_tables, 2),
-        ("cu_seqlens_q", &meta.cu_seqlens_q, 1),
-        ("seq_lens", &meta.seq_lens, 1),
-    ];
-    for (what, t, rank) in want {
-        if t.dtype() != DType::U32 {
-            bail!("paged_attention: {what} must be u32, got {:?}", t.dtype());
-        }
-        if t.rank() != rank {
-            bail!(
-                "paged_attention: {what} must have rank {rank}, got {:?}",
-                t.dims()
-            );
-        }
-    }
-    let num_seqs = meta.seq_lens.dim(0)?;
-    if meta.block_tables.dim(0)? != num_seqs || meta.cu_seqlens_q.dim(0)? != num_seqs + 1 {
-        bail!(
-            "paged_attention: seq_lens {:?}, block_tables {:?}, cu_seqlens_q {:?} disagree",
-            meta.seq_lens.dims(),
-            meta.block_tables.dims(),
-            meta.cu_seqlens_q.dims()
-        );
-    }
     let device = q.device();
     for (what, t) in [
         ("key_cache", key_cache),
         ("value_cache", value_cache),
         ("block_tables", &meta.block_tables),
-        ("cu_seqlens_q", &meta.cu_seqlens_q),
-        ("seq_lens", &meta.seq_lens),
     ] {
         if !t.device().same_device(device) {
             bail!("paged_attention: {what} is on another device than q");
@@ -179,31 +238,16 @@ fn check_shapes(
 
 /// The candle op: (q, key_cache, value_cache) -> output, holding the step's metadata.
 pub(crate) struct PagedAttention {
-    pub(crate) block_tables: Tensor,
-    pub(crate) cu_seqlens_q: Tensor,
-    pub(crate) seq_lens: Tensor,
-    pub(crate) max_seqlen_q: usize,
-    pub(crate) max_seq_len: usize,
+    pub(crate) meta: PagedAttentionMetadata,
     pub(crate) params: Params,
 }
 
 impl PagedAttention {
     /// Checks the metadata's values against `dims` and describes each sequence.
-    pub(crate) fn sequences<'a>(
-        &self,
-        dims: &Dims,
-        block_tables: &'a [u32],
-        cu_seqlens_q: &[u32],
-        seq_lens: &[u32],
-    ) -> Result<Vec<Seq<'a>>> {
-        let width = match seq_lens.len() {
-            0 => 0,
-            n => block_tables.len() / n,
-        };
-        if cu_seqlens_q.len() != seq_lens.len() + 1 || block_tables.len() != seq_lens.len() * width
-        {
-            bail!("paged_attention: metadata lengths disagree with the number of sequences");
-        }
+    pub(crate) fn sequences(&self, dims: &Dims) -> Result<Vec<Seq<'_>>> {
+        let host = &*self.meta.host;
+        let (block_tables, width) = (&host.block_tables, host.width);
+        let (cu_seqlens_q, seq_lens) = (&host.cu_seqlens_q, &host.seq_lens);
         if cu_seqlens_q.first().copied().unwrap_or(0) != 0 {
             bail!("paged_attention: cu_seqlens_q must start at 0");
         }
@@ -220,18 +264,6 @@ impl PagedAttention {
             if q_len > seq_len {
                 bail!(
                     "paged_attention: seq {s} has {q_len} queries but a context of only {seq_len}"
-                );
-            }
-            if q_len > self.max_seqlen_q {
-                bail!(
-                    "paged_attention: seq {s}: q_len {q_len} > max_seqlen_q {}",
-                    self.max_seqlen_q
-                );
-            }
-            if seq_len > self.max_seq_len {
-                bail!(
-                    "paged_attention: seq {s}: seq_len {seq_len} > max_seq_len {}",
-                    self.max_seq_len
                 );
             }
             let num_blocks = seq_len.div_ceil(dims.block_size);
@@ -273,15 +305,7 @@ impl CustomOp3 for PagedAttention {
         v_l: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = Dims::from_layouts(q_l, k_l)?;
-        let (bt_storage, bt_l) = self.block_tables.storage_and_layout();
-        let (cu_storage, cu_l) = self.cu_seqlens_q.storage_and_layout();
-        let (sl_storage, sl_l) = self.seq_lens.storage_and_layout();
-        let seqs = self.sequences(
-            &dims,
-            storage_slice(&bt_storage, bt_l, "block_tables")?,
-            storage_slice(&cu_storage, cu_l, "cu_seqlens_q")?,
-            storage_slice(&sl_storage, sl_l, "seq_lens")?,
-        )?;
+        let seqs = self.sequences(&dims)?;
         let out = match q {
             CpuStorage::F32(_) => self.run::<f32>(&dims, &seqs, (q, q_l), (k, k_l), (v, v_l))?,
             CpuStorage::F16(_) => {

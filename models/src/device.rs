@@ -6,9 +6,11 @@ use candle_core::{DType, Device};
 
 /// Picks the device `spec` names, or the default when `None`: the first GPU when this
 /// build has CUDA and one is present, else the CPU. Logs the choice (and why a CUDA build
-/// fell back to the CPU).
+/// fell back to the CPU), and sets the device up for serving
+/// ([`wick_kernels::prepare_device`]: on CUDA, no per-allocation event tracking).
 pub fn select_device(spec: Option<&str>) -> Result<Device> {
     let device = pick(spec)?;
+    wick_kernels::prepare_device(&device);
     tracing::info!(device = %device_name(&device), "selected device");
     Ok(device)
 }

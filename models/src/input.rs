@@ -5,7 +5,7 @@
 
 use crate::{ModelError, Result};
 use candle_core::{Device, Tensor};
-use wick_kernels::PagedAttentionMetadata;
+use wick_kernels::{PagedAttentionMetadata, SlotMapping};
 
 /// One sequence's part of a step.
 #[derive(Debug, Clone)]
@@ -31,8 +31,8 @@ pub struct ModelInput {
     pub input_ids: Tensor,
     /// u32 `[num_tokens]`: each token's position in its sequence.
     pub positions: Tensor,
-    /// i64 `[num_tokens]`: cache slot each token's K/V is written to.
-    pub slot_mapping: Tensor,
+    /// The cache slot each token's K/V is written to (host copy and device tensor).
+    pub slot_mapping: SlotMapping,
     /// Ragged-batch description for paged attention.
     pub attention: PagedAttentionMetadata,
     /// u32 `[num_sampled]`: row of the last token of each sequence with
@@ -113,21 +113,19 @@ impl ModelInput {
                 logits_indices.push(end - 1);
             }
         }
-        let max_seqlen_q = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(0);
-        let max_seq_len = seq_lens.iter().copied().max().unwrap_or(0) as usize;
         let num_seqs = chunks.len();
         let num_sampled = logits_indices.len();
         Ok(Self {
             input_ids: Tensor::from_vec(input_ids, num_tokens, device)?,
             positions: Tensor::from_vec(positions, num_tokens, device)?,
-            slot_mapping: Tensor::from_vec(slot_mapping, num_tokens, device)?,
-            attention: PagedAttentionMetadata {
-                block_tables: Tensor::from_vec(block_tables, (num_seqs, max_blocks), device)?,
-                cu_seqlens_q: Tensor::from_vec(cu_seqlens_q, num_seqs + 1, device)?,
-                seq_lens: Tensor::from_vec(seq_lens, num_seqs, device)?,
-                max_seqlen_q,
-                max_seq_len,
-            },
+            slot_mapping: SlotMapping::new(slot_mapping, device)?,
+            attention: PagedAttentionMetadata::new(
+                block_tables,
+                max_blocks,
+                cu_seqlens_q,
+                seq_lens,
+                device,
+            )?,
             logits_indices: Tensor::from_vec(logits_indices, num_sampled, device)?,
             num_sampled,
             num_seqs,

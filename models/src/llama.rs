@@ -185,12 +185,12 @@ impl LlamaModel {
             ));
         }
         let max_pos = self.rotary.max_positions()?;
-        if input.attention.max_seq_len > max_pos {
+        if input.attention.max_seq_len() > max_pos {
             return Err(ModelError::invalid(
                 "batch",
                 format!(
                     "a sequence of {} tokens exceeds the model's context of {max_pos}",
-                    input.attention.max_seq_len
+                    input.attention.max_seq_len()
                 ),
             ));
         }

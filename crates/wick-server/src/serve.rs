@@ -74,9 +74,15 @@ pub struct ServeArgs {
     /// decode steps (the log says what was chosen).
     #[arg(long)]
     pub max_num_batched_tokens: Option<usize>,
-    /// KV cache size, in bytes or with a unit (512MiB, 4GiB); default 1GiB.
+    /// KV cache size, in bytes or with a unit (512MiB, 4GiB). Default: on CUDA what
+    /// --gpu-memory-utilization leaves after the weights and a profiled step's activations;
+    /// on the CPU 1GiB.
     #[arg(long)]
     pub kv_cache_memory: Option<String>,
+    /// Fraction of the GPU's memory wick may use (weights, activations, KV cache), in (0, 1];
+    /// sizes the KV cache unless --kv-cache-memory is given. Unused on the CPU.
+    #[arg(long, default_value_t = wick_engine::engine::DEFAULT_GPU_MEMORY_UTILIZATION)]
+    pub gpu_memory_utilization: f64,
     /// Longest prompt + completion (default: the model's context length).
     #[arg(long)]
     pub max_model_len: Option<usize>,
@@ -430,6 +436,7 @@ fn engine_config(
         max_num_batched_tokens: args.max_num_batched_tokens,
         max_waiting: args.max_waiting,
         kv_cache_memory,
+        gpu_memory_utilization: args.gpu_memory_utilization,
         max_model_len: args.max_model_len,
         enable_prefix_caching: !args.no_prefix_caching,
         // Slots only when adapters can be served: an unused LoRA costs nothing.

@@ -1,5 +1,6 @@
-//! The CUDA path of [`crate::paged_attention`]: checks the step's metadata on the host (once
-//! per step, see the parent module), turns it into work lists and launches the kernels of
+//! The CUDA path of [`crate::paged_attention`]: checks the step's metadata on the host (its
+//! host copy: nothing is read back), turns it into work lists (once per step: the plan is
+//! kept in the metadata every layer shares) and launches the kernels of
 //! kernels/paged_attention.cu.
 //!
 //! Which kernel serves a sequence:
@@ -22,9 +23,8 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
-use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, TensorId};
-use std::cell::RefCell;
-use std::rc::Rc;
+use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage};
+use std::sync::{Arc, Mutex};
 
 /// Query heads of one kv head that one row-kernel block serves.
 const HEADS_PER_BLOCK: usize = 8;
@@ -63,21 +63,27 @@ struct Plan {
     num_tiles: u32,
 }
 
-/// What a plan depends on.
+/// What a plan depends on besides the metadata it is kept in.
 #[derive(Debug, Clone, PartialEq)]
 struct PlanKey {
-    metadata: [TensorId; 3],
     device: DeviceId,
     dims: [usize; 6],
-    max_seqlen_q: usize,
-    max_seq_len: usize,
     window: Option<usize>,
     tiled: bool,
 }
 
-thread_local! {
-    /// The last plan made on this thread.
-    static LAST_PLAN: RefCell<Option<(PlanKey, Rc<Plan>)>> = const { RefCell::new(None) };
+/// The plans made from one step's metadata, kept in it (shared by its clones, so by every
+/// layer of the step) and dropped with it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PlanCache(Arc<Mutex<Vec<(PlanKey, Arc<Plan>)>>>);
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("num_rows", &self.num_rows)
+            .field("num_tiles", &self.num_tiles)
+            .finish()
+    }
 }
 
 /// `cuda_fwd` of the paged attention op.
@@ -109,15 +115,14 @@ pub(crate) fn forward(
     Ok((out, q.1.shape().clone()))
 }
 
-/// The step's checked work lists: remembered from the previous layer, or made now.
+/// The step's checked work lists: made by an earlier layer of the step, or now.
 fn plan(
     op: &PagedAttention,
     dims: &Dims,
     tiled: bool,
     dev: &candle_core::CudaDevice,
-) -> Result<Rc<Plan>> {
+) -> Result<Arc<Plan>> {
     let key = PlanKey {
-        metadata: [op.block_tables.id(), op.cu_seqlens_q.id(), op.seq_lens.id()],
         device: dev.id(),
         dims: [
             dims.num_tokens,
@@ -127,27 +132,21 @@ fn plan(
             dims.num_blocks,
             dims.block_size,
         ],
-        max_seqlen_q: op.max_seqlen_q,
-        max_seq_len: op.max_seq_len,
         window: op.params.sliding_window,
         tiled,
     };
-    let hit = LAST_PLAN.with(|last| {
-        last.borrow()
-            .as_ref()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, p)| p.clone())
-    });
-    if let Some(plan) = hit {
-        return Ok(plan);
+    let Ok(mut plans) = op.meta.plans.0.lock() else {
+        bail!("paged_attention: the metadata's plan cache was poisoned");
+    };
+    if let Some((_, plan)) = plans.iter().find(|(k, _)| *k == key) {
+        return Ok(plan.clone());
     }
-    let plan = Rc::new(make_plan(op, dims, tiled, dev)?);
-    LAST_PLAN.with(|last| *last.borrow_mut() = Some((key, plan.clone())));
+    let plan = Arc::new(make_plan(op, dims, tiled, dev)?);
+    plans.push((key, plan.clone()));
     Ok(plan)
 }
 
-/// Copies the metadata to the host, checks it as the CPU path does, and uploads the work
-/// lists.
+/// Checks the metadata's host copy as the CPU path does, and uploads the work lists.
 fn make_plan(
     op: &PagedAttention,
     dims: &Dims,
@@ -155,17 +154,14 @@ fn make_plan(
     dev: &candle_core::CudaDevice,
 ) -> Result<Plan> {
     as_u32(dims.num_tokens, "num_tokens")?;
-    as_u32(op.max_seq_len, "max_seq_len")?;
-    let block_tables = op.block_tables.flatten_all()?.to_vec1::<u32>()?;
-    let cu_seqlens_q = op.cu_seqlens_q.to_vec1::<u32>()?;
-    let seq_lens = op.seq_lens.to_vec1::<u32>()?;
-    let seqs = op.sequences(dims, &block_tables, &cu_seqlens_q, &seq_lens)?;
+    as_u32(op.meta.max_seq_len(), "max_seq_len")?;
+    let seqs = op.sequences(dims)?;
     let list = WorkList::new(&seqs, &op.params, tiled);
     let max_splits = list.max_splits;
     if max_splits > u16::MAX as usize {
         bail!(
             "paged_attention: a context of {} keys is too long for CUDA",
-            op.max_seq_len
+            op.meta.max_seq_len()
         );
     }
     let upload = |items: &[[usize; 4]]| -> Result<Option<CudaSlice<u32>>> {
@@ -199,7 +195,8 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     let qv = view::<T>(q.0, q.1, "q")?;
     let kv = view::<T>(k.0, k.1, "key_cache")?;
     let vv = view::<T>(v.0, v.1, "value_cache")?;
-    let (table_storage, table_l) = op.block_tables.storage_and_layout();
+    let table_t = op.meta.block_tables_tensor();
+    let (table_storage, table_l) = table_t.storage_and_layout();
     let Storage::Cuda(table_storage) = &*table_storage else {
         bail!("paged_attention: block_tables must be on the GPU like q");
     };
@@ -209,7 +206,7 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
         num_kv_heads: as_u32(dims.num_kv_heads, "num_kv_heads")?,
         head_dim: as_u32(dims.head_dim, "head_dim")?,
         block_size: as_u32(dims.block_size, "block_size")?,
-        table_width: as_u32(op.block_tables.dim(1)?, "block table width")?,
+        table_width: as_u32(table_t.dim(1)?, "block table width")?,
         scale: op.params.softmax_scale,
         window: match op.params.sliding_window {
             Some(w) => as_u32(w, "sliding_window")?,

@@ -1,32 +1,14 @@
-//! The CUDA path of [`crate::reshape_and_cache`]: host-side slot checks (once per step, see
-//! the parent module) and the copy kernel of kernels/reshape_and_cache.cu.
+//! The CUDA path of [`crate::reshape_and_cache`]: the copy kernel of
+//! kernels/reshape_and_cache.cu. The slots were checked on the host from the
+//! [`crate::SlotMapping`]'s host copy; nothing is read back.
 
 use super::{as_u32, view, RESHAPE_AND_CACHE_PTX};
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{bail, CudaStorage, Layout, Result, Tensor, TensorId};
-use std::cell::Cell;
+use candle_core::{bail, CudaStorage, Layout, Result};
 
 /// Threads per token (each copies 16 bytes at a time).
 const THREADS: u32 = 128;
-
-thread_local! {
-    /// The last slot_mapping found valid, with the cache size it was checked against.
-    static LAST_CHECKED: Cell<Option<(TensorId, usize)>> = const { Cell::new(None) };
-}
-
-/// Checks `slot_mapping` (on the GPU) like the CPU path does, unless this thread already
-/// checked this very tensor against `num_slots`.
-pub(crate) fn check_slots_once(slot_mapping: &Tensor, num_slots: usize) -> Result<()> {
-    let key = (slot_mapping.id(), num_slots);
-    if LAST_CHECKED.get() == Some(key) {
-        return Ok(());
-    }
-    let slots = slot_mapping.to_vec1::<i64>()?;
-    crate::cache::check_slots(&slots, num_slots)?;
-    LAST_CHECKED.set(Some(key));
-    Ok(())
-}
 
 /// Writes row t of `rows` to slot `slots[t]` of `cache` on the GPU. Slots were checked.
 pub(crate) fn write(

@@ -4,17 +4,16 @@
 //! shapes, dtypes and devices exactly as for the CPU.
 //!
 //! Metadata values (slots, block tables, sequence lengths) are checked on the host, as on
-//! the CPU, which needs them copied from the GPU. Every layer of a step passes the same
-//! metadata tensors, so the result of that check is remembered per thread for the last
-//! tensors seen (by `TensorId`, which candle never reuses): one copy per step, not per
-//! layer. Invariant this relies on: metadata tensors are not written in place once used.
-//!
-//! The LoRA op needs no such copy: its [`crate::LoraBatch`] is checked on the host and
-//! uploaded from there once per step.
+//! the CPU, from the host copies that [`crate::SlotMapping`] and
+//! [`crate::PagedAttentionMetadata`] keep beside their device tensors: a step reads nothing
+//! back from the GPU except the sampled tokens (and requested logprobs) of the sampling op.
+//! The LoRA op's [`crate::LoraBatch`] is likewise checked on the host and uploaded once per
+//! step.
 
 pub(crate) mod attention;
 pub(crate) mod cache;
 pub(crate) mod lora;
+pub(crate) mod memory;
 pub(crate) mod sampling;
 
 use candle_core::cuda_backend::cudarc::driver::CudaView;

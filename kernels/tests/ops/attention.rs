@@ -117,18 +117,14 @@ fn batch_invariance(dev: &Device) -> Result<()> {
     let all = batch.run()?;
     let mut row = 0;
     for (s, spec) in case.seqs.iter().enumerate() {
-        let width = batch.meta.block_tables.dim(1)?;
-        let alone = wick_kernels::PagedAttentionMetadata {
-            block_tables: batch
-                .meta
-                .block_tables
-                .narrow(0, s, 1)?
-                .reshape((1, width))?,
-            cu_seqlens_q: Tensor::new(&[0u32, spec.q_len as u32], dev)?,
-            seq_lens: Tensor::new(&[spec.seq_len as u32], dev)?,
-            max_seqlen_q: spec.q_len,
-            max_seq_len: spec.seq_len,
-        };
+        let table = batch.meta.block_table(s).to_vec();
+        let alone = wick_kernels::PagedAttentionMetadata::new(
+            table.clone(),
+            table.len(),
+            vec![0, spec.q_len as u32],
+            vec![spec.seq_len as u32],
+            dev,
+        )?;
         let q = batch.q.narrow(0, row, spec.q_len)?;
         let out = wick_kernels::paged_attention(
             &q,

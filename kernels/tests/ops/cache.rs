@@ -5,7 +5,7 @@
 use crate::support::{device_tests, rand_tensor, rng};
 use candle_core::{DType, Device, Result, Tensor};
 use rand::seq::SliceRandom;
-use wick_kernels::reshape_and_cache;
+use wick_kernels::{reshape_and_cache, SlotMapping};
 
 const SENTINEL: f32 = 7.0;
 
@@ -50,7 +50,7 @@ fn writes_rows_at_slots_and_skips_padding(dev: &Device) -> Result<()> {
         let n = slots.len();
         let k = rand_tensor(&mut rng, &[n, 2, 6], dtype, dev)?;
         let v = rand_tensor(&mut rng, &[n, 2, 6], dtype, dev)?;
-        let slot_t = Tensor::from_vec(slots.clone(), n, dev)?;
+        let slot_t = SlotMapping::new(slots.clone(), dev)?;
         reshape_and_cache(&k, &v, &kc, &vc, &slot_t)?;
         assert_slots(&kc, &[(host(&k)?, slots.clone())])?;
         assert_slots(&vc, &[(host(&v)?, slots.clone())])?;
@@ -59,7 +59,7 @@ fn writes_rows_at_slots_and_skips_padding(dev: &Device) -> Result<()> {
         let more: Vec<i64> = free.drain(..2).collect();
         let k2 = rand_tensor(&mut rng, &[2, 2, 6], dtype, dev)?;
         let v2 = rand_tensor(&mut rng, &[2, 2, 6], dtype, dev)?;
-        reshape_and_cache(&k2, &v2, &kc, &vc, &Tensor::from_vec(more.clone(), 2, dev)?)?;
+        reshape_and_cache(&k2, &v2, &kc, &vc, &SlotMapping::new(more.clone(), dev)?)?;
         assert_slots(
             &kc,
             &[(host(&k)?, slots.clone()), (host(&k2)?, more.clone())],
@@ -77,7 +77,7 @@ fn non_contiguous_rows_are_accepted(dev: &Device) -> Result<()> {
     let k = rand_tensor(&mut rng, &[3, 5, 8], DType::F32, dev)?.transpose(0, 1)?;
     let v = rand_tensor(&mut rng, &[3, 5, 8], DType::F32, dev)?.transpose(0, 1)?;
     let slots = vec![7i64, 0, -1, 3, 4];
-    reshape_and_cache(&k, &v, &kc, &vc, &Tensor::from_vec(slots.clone(), 5, dev)?)?;
+    reshape_and_cache(&k, &v, &kc, &vc, &SlotMapping::new(slots.clone(), dev)?)?;
     assert_slots(&kc, &[(host(&k.contiguous()?)?, slots.clone())])?;
     assert_slots(&vc, &[(host(&v.contiguous()?)?, slots)])
 }
@@ -89,7 +89,7 @@ fn caches_as_views_of_one_allocation(dev: &Device) -> Result<()> {
     let k = rand_tensor(&mut rng, &[3, 2, 8], DType::F32, dev)?;
     let v = rand_tensor(&mut rng, &[3, 2, 8], DType::F32, dev)?;
     let slots = vec![11i64, 0, 5];
-    reshape_and_cache(&k, &v, &kc, &vc, &Tensor::from_vec(slots.clone(), 3, dev)?)?;
+    reshape_and_cache(&k, &v, &kc, &vc, &SlotMapping::new(slots.clone(), dev)?)?;
     // Read through the parent: the writes went into its two halves.
     assert_slots(&both.get(0)?, &[(host(&k)?, slots.clone())])?;
     assert_slots(&both.get(1)?, &[(host(&v)?, slots)])
@@ -105,7 +105,7 @@ fn rejected_call_writes_nothing(dev: &Device) -> Result<()> {
     let k = rand_tensor(&mut rng, &[3, 1, 8], DType::BF16, dev)?;
     let v = rand_tensor(&mut rng, &[3, 1, 8], DType::BF16, dev)?;
     for bad in [[0i64, 1, 8], [0, -2, 1], [3, 4, 3]] {
-        let slots = Tensor::from_vec(bad.to_vec(), 3, dev)?;
+        let slots = SlotMapping::new(bad.to_vec(), dev)?;
         assert!(
             reshape_and_cache(&k, &v, &kc, &vc, &slots).is_err(),
             "{bad:?}"
@@ -120,7 +120,7 @@ fn empty_step_is_a_no_op(dev: &Device) -> Result<()> {
     let dims = [2, 4, 1, 8];
     let (kc, vc) = (cache(dims, DType::F32, dev)?, cache(dims, DType::F32, dev)?);
     let k = Tensor::zeros((0, 1, 8), DType::F32, dev)?;
-    let slots = Tensor::zeros(0, DType::I64, dev)?;
+    let slots = SlotMapping::new(vec![], dev)?;
     reshape_and_cache(&k, &k, &kc, &vc, &slots)?;
     assert_slots(&kc, &[])
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use wick_kernels::{paged_attention, reshape_and_cache, PagedAttentionMetadata};
+use wick_kernels::{paged_attention, reshape_and_cache, PagedAttentionMetadata, SlotMapping};
 
 /// Defines, for each listed body `fn name(&Device) -> Result<()>`, a CPU test (and a CUDA
 /// one under the `cuda` feature) of the same name. The CUDA test passes without running
@@ -172,8 +172,7 @@ impl Batch {
             v_rows.push(rand_tensor(rng, &[1, kvh, d], case.dtype, dev)?);
             slots.push(-1);
         }
-        let n = slots.len();
-        let slots = Tensor::from_vec(slots, n, dev)?;
+        let slots = SlotMapping::new(slots, dev)?;
         let k_rows = Tensor::cat(&k_rows, 0)?;
         let v_rows = Tensor::cat(&v_rows, 0)?;
         reshape_and_cache(&k_rows, &v_rows, &key_cache, &value_cache, &slots)?;
@@ -184,21 +183,8 @@ impl Batch {
         }
         let num_tokens = cu[cu.len() - 1] as usize + case.pad_rows;
         let q = rand_tensor(rng, &[num_tokens, case.num_heads, d], case.dtype, dev)?;
-        let num_seqs = case.seqs.len();
-        let meta = PagedAttentionMetadata {
-            block_tables: Tensor::from_vec(table, (num_seqs, width), dev)?,
-            cu_seqlens_q: Tensor::from_vec(cu, num_seqs + 1, dev)?,
-            seq_lens: Tensor::from_vec(
-                case.seqs
-                    .iter()
-                    .map(|s| s.seq_len as u32)
-                    .collect::<Vec<_>>(),
-                num_seqs,
-                dev,
-            )?,
-            max_seqlen_q: case.seqs.iter().map(|s| s.q_len).max().unwrap_or(0),
-            max_seq_len: case.seqs.iter().map(|s| s.seq_len).max().unwrap_or(0),
-        };
+        let seq_lens = case.seqs.iter().map(|s| s.seq_len as u32).collect();
+        let meta = PagedAttentionMetadata::new(table, width, cu, seq_lens, dev)?;
         Ok(Self {
             case: case.clone(),
             q,

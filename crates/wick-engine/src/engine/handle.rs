@@ -10,7 +10,8 @@ use super::health::{EngineHealth, Monitor};
 use super::lora::{LoraEntry, LoraRegistry};
 use super::queue::{QueuePermit, WaitingQueue};
 use super::{
-    token_budget, EngineConfig, EngineInfo, EngineRequest, EngineStats, DEFAULT_KV_CACHE_MEMORY,
+    gpu_memory, token_budget, EngineConfig, EngineInfo, EngineRequest, EngineStats,
+    DEFAULT_KV_CACHE_MEMORY,
 };
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -134,7 +135,30 @@ impl EngineHandle {
             Some(n) => n,
             None => cfg.max_position_embeddings,
         };
-        let memory = config.kv_cache_memory.unwrap_or(DEFAULT_KV_CACHE_MEMORY);
+        let utilization = config.gpu_memory_utilization;
+        if !(utilization > 0.0 && utilization <= 1.0) {
+            return Err(WickError::invalid_param(
+                "gpu_memory_utilization",
+                format!("{utilization} is not in (0, 1]"),
+            ));
+        }
+        let on_cpu = model.device().is_cpu();
+        let memory = match config.kv_cache_memory {
+            Some(bytes) => bytes,
+            None => {
+                // The GPU's budget is known before the cache: the flag's, or the default.
+                let budget =
+                    (config.max_num_batched_tokens).unwrap_or(token_budget::DEVICE_TOKEN_BUDGET);
+                gpu_memory::kv_cache_bytes_from_device(
+                    &model,
+                    config.block_size,
+                    budget,
+                    max_model_len,
+                    utilization,
+                )?
+                .unwrap_or(DEFAULT_KV_CACHE_MEMORY)
+            }
+        };
         let cache = KvCache::with_memory(
             &cfg,
             config.block_size,
@@ -146,7 +170,6 @@ impl EngineHandle {
         let (num_blocks, block_size) = (cache.num_blocks, cache.block_size);
         let kv_cache_bytes = num_blocks * KvCache::bytes_per_block(&cfg, block_size, model.dtype());
         let weight_bytes = model.weight_bytes().to_string();
-        let on_cpu = model.device().is_cpu();
         let mut runner = ModelRunner::new(model, cache);
         let max_num_batched_tokens = match config.max_num_batched_tokens {
             Some(n) => n,

@@ -11,6 +11,7 @@
 //! This file holds the plain data around them: configuration, fixed facts, counters.
 
 mod engine_loop;
+mod gpu_memory;
 pub mod handle;
 pub mod health;
 pub mod lora;
@@ -28,8 +29,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use wick_core::{SamplingParams, WickError};
 
-/// Default KV cache memory when none is given and the device's free memory is unknown.
+/// Default KV cache memory on the CPU, when none is given.
 pub const DEFAULT_KV_CACHE_MEMORY: u64 = 1 << 30;
+
+/// Default [`EngineConfig::gpu_memory_utilization`] (vLLM's).
+pub const DEFAULT_GPU_MEMORY_UTILIZATION: f64 = 0.9;
 
 /// Engine limits (each also a `wick serve` flag).
 #[derive(Debug, Clone, PartialEq)]
@@ -43,8 +47,12 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Tokens per KV block.
     pub block_size: usize,
-    /// Bytes of KV cache; `None`: [`DEFAULT_KV_CACHE_MEMORY`].
+    /// Bytes of KV cache; `None`: on a GPU, what [`Self::gpu_memory_utilization`] leaves
+    /// (see the `gpu_memory` module), on the CPU [`DEFAULT_KV_CACHE_MEMORY`].
     pub kv_cache_memory: Option<u64>,
+    /// Fraction of a GPU's memory wick may use (weights, activations and KV cache), in
+    /// (0, 1]; sizes the KV cache when `kv_cache_memory` is `None`. Unused on the CPU.
+    pub gpu_memory_utilization: f64,
     /// Longest prompt + completion; `None`: the model's context length.
     pub max_model_len: Option<usize>,
     /// Reuse full KV blocks across requests by prefix hash.
@@ -69,6 +77,7 @@ impl Default for EngineConfig {
             max_waiting: 1024,
             block_size: wick_models::DEFAULT_BLOCK_SIZE,
             kv_cache_memory: None,
+            gpu_memory_utilization: DEFAULT_GPU_MEMORY_UTILIZATION,
             max_model_len: None,
             enable_prefix_caching: true,
             max_loras: 0,
