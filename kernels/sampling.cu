@@ -73,37 +73,39 @@ __device__ __forceinline__ float key_float(uint32_t k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k);
 }
 
-__device__ float block_sum(float v, float* shared) {
-    v = warp_sum(v);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < SAMPLE_WARPS ? shared[lane] : 0.f;
-    return warp_sum(v);
-}
+struct Add {
+    template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct Max {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 
-__device__ float block_max(float v, float* shared) {
-    v = warp_max(v);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < SAMPLE_WARPS ? shared[lane] : -INFINITY;
-    return warp_max(v);
-}
-
-__device__ uint32_t block_count(uint32_t v, uint32_t* shared) {
+/// `op` over the warp, in every lane.
+template <typename T, typename Op> __device__ __forceinline__ T warp_reduce(T v, Op op) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    v = lane < SAMPLE_WARPS ? shared[lane] : 0u;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+/// `op` over the block (its identity is `identity`), in every thread; `shared` holds one
+/// T per warp.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, T* shared, T identity, Op op) {
+    v = warp_reduce(v, op);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < SAMPLE_WARPS ? shared[lane] : identity;
+    return warp_reduce(v, op);
+}
+
+__device__ float block_sum(float v, float* shared) { return block_reduce(v, shared, 0.f, Add{}); }
+__device__ float block_max(float v, float* shared) {
+    return block_reduce(v, shared, -INFINITY, Max{});
+}
+__device__ uint32_t block_count(uint32_t v, uint32_t* shared) {
+    return block_reduce(v, shared, 0u, Add{});
 }
 
 /// (value, id) with the larger value first, then the lower id.

@@ -340,13 +340,18 @@ fn draw(x: &[f32], p: &RowParams, e: &mut Vec<f32>, buckets: &mut Buckets) -> u3
         f32::NEG_INFINITY
     };
     let k = p.top_k as usize;
-    let mut wants = Vec::with_capacity(2);
+    // At most two thresholds to find, in a fixed array: no allocation per row.
+    let mut wants = [Want::Count(0); 2];
+    let mut num_wants = 0;
     if k > 0 && k < x.len() {
-        wants.push(Want::Count(k));
+        wants[num_wants] = Want::Count(k);
+        num_wants += 1;
     }
     if p.top_p < 1.0 {
-        wants.push(Want::Mass(p.top_p * z));
+        wants[num_wants] = Want::Mass(p.top_p * z);
+        num_wants += 1;
     }
+    let wants = &wants[..num_wants];
     let mut theta = theta_min;
     if !wants.is_empty() {
         let scale = Scale {
@@ -355,7 +360,7 @@ fn draw(x: &[f32], p: &RowParams, e: &mut Vec<f32>, buckets: &mut Buckets) -> u3
             z,
             floor: theta_min,
         };
-        theta = theta.max(thresholds(x, e, &scale, &wants, buckets));
+        theta = theta.max(thresholds(x, e, &scale, wants, buckets));
     }
     // The kept set's total, then the first token in id order past u times it.
     let e = &*e;

@@ -1,8 +1,8 @@
 //! The per-sequence logits-processor hook: structured output and tool calling plug in
 //! here. A [`LogitsProcessor`] does not edit logits itself; each step it hands the
-//! sampler a [`SamplingConstraint`] (an allowed-token bitset and a bias list), which the
-//! sampler applies where it applies `logit_bias`, so that the same inputs can later feed
-//! a device-side sampling op unchanged. It is then told the token sampled, to advance
+//! sampler a [`SamplingConstraint`] (an allowed-token bitset and a bias list), which goes
+//! into the sequence's row of the sampling op beside `logit_bias` (see
+//! [`super::push_row`]). It is then told the token sampled, to advance
 //! its own state (e.g. a grammar's). Penalty state (token counts of the output, the
 //! prompt's tokens) lives beside it in [`super::SeqSamplingState`].
 //!
@@ -82,24 +82,6 @@ pub struct SamplingConstraint {
     pub allowed: Option<TokenBitset>,
     /// `(token, bias)` added to the logits, as `logit_bias` is.
     pub bias: Vec<(u32, f32)>,
-}
-
-impl SamplingConstraint {
-    /// Applies the constraint to one row of logits (the host twin of the device op).
-    pub fn apply(&self, logits: &mut [f32]) {
-        for &(t, b) in &self.bias {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l += b;
-            }
-        }
-        if let Some(allowed) = &self.allowed {
-            for (t, l) in logits.iter_mut().enumerate() {
-                if !allowed.contains(t as u32) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
-    }
 }
 
 /// Constrains the sampling of one sequence, step by step. See the module docs.

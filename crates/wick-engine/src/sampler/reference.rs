@@ -75,7 +75,7 @@ pub fn sample_row(
     logits.clear();
     logits.extend_from_slice(raw);
     if let Some(constraint) = state.constraint() {
-        constraint.apply(logits);
+        apply_constraint(&constraint, logits);
     }
     for (&tok, &bias) in &params.logit_bias {
         if let Some(l) = logits.get_mut(tok as usize) {
@@ -138,6 +138,22 @@ fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// The constraint's bias, then its bitset, on one row.
+fn apply_constraint(c: &super::SamplingConstraint, logits: &mut [f32]) {
+    for &(t, b) in &c.bias {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l += b;
+        }
+    }
+    if let Some(allowed) = &c.allowed {
+        for (t, l) in logits.iter_mut().enumerate() {
+            if !allowed.contains(t as u32) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
 }
 
 /// log-sum-exp of a row, stable.
