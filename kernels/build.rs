@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Kernel sources, each compiled to `OUT_DIR/<name>.ptx`.
-const KERNELS: [&str; 4] = ["reshape_and_cache", "paged_attention", "lora", "sampling"];
+const KERNELS: [&str; 5] = [
+    "reshape_and_cache",
+    "paged_attention",
+    "lora",
+    "sampling",
+    "fused",
+];
 
 /// How to get nvcc, printed when it is missing.
 const FIX: &str = "run scripts/install-cuda-toolchain.sh and `source .cache/cuda/env.sh` \

@@ -1,7 +1,8 @@
-// reshape_and_cache: row t of `rows` ([num_tokens, num_kv_heads * head_dim]) is copied to
-// slot slot_mapping[t] of `cache` ([num_slots, num_kv_heads * head_dim] viewed flat).
-// One thread block per token. The element type does not matter for a copy, so there is one
-// kernel per element width. Slot -1 (padding) is skipped; the host has rejected every
+// reshape_and_cache: for half h (0: keys, 1: values), row t of rows[h]
+// ([num_tokens, num_kv_heads * head_dim]) is copied to slot slot_mapping[t] of cache[h]
+// ([num_slots, num_kv_heads * head_dim] viewed flat). One launch writes both halves: one
+// thread block per (token, half). The element type does not matter for a copy, so there is
+// one kernel per element width. Slot -1 (padding) is skipped; the host has rejected every
 // other slot outside 0..num_slots, and the kernel skips those too rather than write out of
 // bounds. Rows are copied 16 bytes at a time when sizes and addresses allow.
 #include <cstdint>
@@ -11,11 +12,12 @@ __device__ void copy_rows(T* __restrict__ cache, const T* __restrict__ rows,
                           const int64_t* __restrict__ slot_mapping, uint32_t num_tokens,
                           uint32_t row_len, uint64_t num_slots) {
     const uint32_t t = blockIdx.x;
-    if (t >= num_tokens) return;
+    const uint64_t half = blockIdx.y;
+    if (t >= num_tokens || half > 1) return;
     const int64_t slot = slot_mapping[t];
     if (slot < 0 || static_cast<uint64_t>(slot) >= num_slots) return;
-    T* dst = cache + static_cast<uint64_t>(slot) * row_len;
-    const T* src = rows + static_cast<uint64_t>(t) * row_len;
+    T* dst = cache + (half * num_slots + static_cast<uint64_t>(slot)) * row_len;
+    const T* src = rows + (half * num_tokens + t) * static_cast<uint64_t>(row_len);
     const uint64_t bytes = static_cast<uint64_t>(row_len) * sizeof(T);
     const bool wide = bytes % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(src) % 16 == 0;

@@ -1,9 +1,10 @@
 //! Writing a step's new keys and values into the paged KV cache ([`reshape_and_cache`]).
 //!
 //! Owns the cache-write op. Invariants it enforces before writing anything:
-//! - `key`/`value` are `[num_tokens, num_kv_heads, head_dim]` with the caches' dtype, heads
-//!   and head_dim; the caches are `[num_blocks, block_size, num_kv_heads, head_dim]`,
-//!   contiguous, of the same shape.
+//! - `kv` is `[2, num_tokens, num_kv_heads, head_dim]` (keys, then values) with the cache's
+//!   dtype, heads and head_dim; the cache is `[2, num_blocks, block_size, num_kv_heads,
+//!   head_dim]` (keys, then values: one allocation per layer, as vLLM's FlashAttention
+//!   backend keeps it), contiguous, so both halves are written by one op.
 //! - every slot is `-1` (skip: a padding token) or in `0..num_blocks * block_size`, and no
 //!   slot appears twice (two tokens cannot own one cache row).
 //!
@@ -62,32 +63,21 @@ impl SlotMapping {
     }
 }
 
-/// Writes the step's new keys/values into the paged cache: row t of `key`/`value` goes to
-/// slot `slot_mapping.slots()[t]`; a slot of -1 means "skip this token" (padding).
+/// Writes the step's new keys and values into the paged cache, in one pass (one launch on
+/// a GPU): row t of `kv[0]` (keys) and `kv[1]` (values) goes to slot
+/// `slot_mapping.slots()[t]` of `kv_cache[0]` and `kv_cache[1]`; a slot of -1 means "skip
+/// this token" (padding).
 ///
-/// - `key`, `value`: `[num_tokens, num_kv_heads, head_dim]`, the caches' dtype (f32, f16 or
-///   bf16); made contiguous here if they are not.
-/// - `key_cache`, `value_cache`: `[num_blocks, block_size, num_kv_heads, head_dim]`,
+/// - `kv`: `[2, num_tokens, num_kv_heads, head_dim]`, the cache's dtype (f32, f16 or bf16);
+///   made contiguous here if it is not.
+/// - `kv_cache`: `[2, num_blocks, block_size, num_kv_heads, head_dim]` (keys, then values),
 ///   contiguous; updated in place.
 ///
-/// Errors (with neither cache modified) on mismatched shapes, dtypes or devices, a
+/// Errors (with the cache unmodified) on mismatched shapes, dtypes or devices, a
 /// non-contiguous cache, a slot below -1 or past the cache, or a slot used twice.
-pub fn reshape_and_cache(
-    key: &Tensor,
-    value: &Tensor,
-    key_cache: &Tensor,
-    value_cache: &Tensor,
-    slot_mapping: &SlotMapping,
-) -> Result<()> {
-    let cache_dims = check_cache(key_cache, value_cache)?;
-    let (_, _, kv_heads, head_dim) = cache_dims;
-    let num_tokens = check_rows("key", key, key_cache, kv_heads, head_dim)?;
-    if check_rows("value", value, value_cache, kv_heads, head_dim)? != num_tokens {
-        bail!(
-            "reshape_and_cache: key has {num_tokens} tokens but value has {}",
-            value.dim(0)?
-        );
-    }
+pub fn reshape_and_cache(kv: &Tensor, kv_cache: &Tensor, slot_mapping: &SlotMapping) -> Result<()> {
+    let (_, num_blocks, block_size, kv_heads, head_dim) = check_cache(kv_cache)?;
+    let num_tokens = check_rows(kv, kv_cache, kv_heads, head_dim)?;
     if slot_mapping.slots().len() != num_tokens {
         bail!(
             "reshape_and_cache: slot_mapping must have {num_tokens} slots (one per token), got {}",
@@ -97,87 +87,73 @@ pub fn reshape_and_cache(
     if !slot_mapping
         .tensor()
         .device()
-        .same_device(key_cache.device())
+        .same_device(kv_cache.device())
     {
         bail!("reshape_and_cache: slot_mapping is on another device than the cache");
     }
     if num_tokens == 0 {
         return Ok(());
     }
-    let num_slots = cache_dims.0 * cache_dims.1;
+    let num_slots = num_blocks * block_size;
     slot_mapping.check(num_slots)?;
-    let (key, value) = (key.contiguous()?, value.contiguous()?);
     let op = WriteCache {
         num_slots,
+        num_tokens,
         row_len: kv_heads * head_dim,
     };
-    key_cache.inplace_op3(&key, slot_mapping.tensor(), &op)?;
-    value_cache.inplace_op3(&value, slot_mapping.tensor(), &op)
+    kv_cache.inplace_op3(&kv.contiguous()?, slot_mapping.tensor(), &op)
 }
 
-/// Checks the two caches against each other; returns their dims.
-fn check_cache(key_cache: &Tensor, value_cache: &Tensor) -> Result<(usize, usize, usize, usize)> {
-    let dims = key_cache.dims4().map_err(|_| {
-        candle_core::Error::msg(format!(
-            "reshape_and_cache: key_cache must be [blocks, block_size, kv_heads, head_dim]: {:?}",
-            key_cache.dims()
-        ))
-    })?;
-    if value_cache.dims() != key_cache.dims() {
+/// Checks the cache's shape, dtype and layout; returns its dims.
+fn check_cache(kv_cache: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
+    let dims = match kv_cache.dims5() {
+        Ok(d) if d.0 == 2 => d,
+        _ => bail!(
+            "reshape_and_cache: kv_cache must be [2, blocks, block_size, kv_heads, head_dim], got {:?}",
+            kv_cache.dims()
+        ),
+    };
+    if !is_float(kv_cache.dtype()) {
         bail!(
-            "reshape_and_cache: value_cache {:?} differs from key_cache {:?}",
-            value_cache.dims(),
-            key_cache.dims()
+            "reshape_and_cache: the cache must be f32, f16 or bf16, got {:?}",
+            kv_cache.dtype()
         );
     }
-    if value_cache.dtype() != key_cache.dtype() || !is_float(key_cache.dtype()) {
-        bail!(
-            "reshape_and_cache: caches must share one dtype of f32, f16, bf16; got {:?} and {:?}",
-            key_cache.dtype(),
-            value_cache.dtype()
-        );
-    }
-    if !key_cache.is_contiguous() || !value_cache.is_contiguous() {
-        bail!("reshape_and_cache: the caches must be contiguous");
-    }
-    if !key_cache.device().same_device(value_cache.device()) {
-        bail!("reshape_and_cache: key_cache and value_cache are on different devices");
+    if !kv_cache.is_contiguous() {
+        bail!("reshape_and_cache: the cache must be contiguous");
     }
     Ok(dims)
 }
 
-/// Checks `key` or `value` against its cache; returns its number of tokens.
-fn check_rows(
-    what: &str,
-    rows: &Tensor,
-    cache: &Tensor,
-    kv_heads: usize,
-    head_dim: usize,
-) -> Result<usize> {
-    let dims = rows.dims();
-    if dims.len() != 3 || dims[1] != kv_heads || dims[2] != head_dim {
-        bail!("reshape_and_cache: {what} must be [tokens, {kv_heads}, {head_dim}], got {dims:?}");
+/// Checks `kv` against the cache; returns its number of tokens.
+fn check_rows(kv: &Tensor, cache: &Tensor, kv_heads: usize, head_dim: usize) -> Result<usize> {
+    let dims = kv.dims();
+    if dims.len() != 4 || dims[0] != 2 || dims[2] != kv_heads || dims[3] != head_dim {
+        bail!("reshape_and_cache: kv must be [2, tokens, {kv_heads}, {head_dim}], got {dims:?}");
     }
-    if rows.dtype() != cache.dtype() {
+    if kv.dtype() != cache.dtype() {
         bail!(
-            "reshape_and_cache: {what} is {:?} but the cache is {:?}",
-            rows.dtype(),
+            "reshape_and_cache: kv is {:?} but the cache is {:?}",
+            kv.dtype(),
             cache.dtype()
         );
     }
-    if !rows.device().same_device(cache.device()) {
-        bail!("reshape_and_cache: {what} is on another device than the cache");
+    if !kv.device().same_device(cache.device()) {
+        bail!("reshape_and_cache: kv is on another device than the cache");
     }
-    Ok(dims[0])
+    Ok(dims[1])
 }
 
-/// The in-place op: dst = one cache, srcs = (its rows, the slot tensor). Dims and slot
-/// values are checked by [`reshape_and_cache`] before it runs.
-struct WriteCache {
-    /// `num_blocks * block_size`.
-    num_slots: usize,
+/// The in-place op: dst = the cache (keys, then values), srcs = (the rows, keys then
+/// values; the slot tensor). Dims and slot values are checked by [`reshape_and_cache`]
+/// before it runs.
+pub(crate) struct WriteCache {
+    /// `num_blocks * block_size`: slots of each half of the cache.
+    pub num_slots: usize,
+    /// Tokens of each half of the rows.
+    pub num_tokens: usize,
     /// `num_kv_heads * head_dim`: elements of one token's row.
-    row_len: usize,
+    pub row_len: usize,
 }
 
 /// Checks every slot against a cache of `num_slots` slots, before anything is written: each
@@ -205,16 +181,24 @@ pub(crate) fn check_slots(slots: &[i64], num_slots: usize) -> Result<()> {
 impl WriteCache {
     fn write<T: Elem>(&self, cache: &mut [T], rows: &[T], slots: &[i64]) -> Result<()> {
         let n = self.row_len;
-        if cache.len() != self.num_slots * n || rows.len() != slots.len() * n {
+        let half = self.num_slots * n;
+        if cache.len() != 2 * half
+            || rows.len() != 2 * self.num_tokens * n
+            || slots.len() != self.num_tokens
+        {
             bail!("reshape_and_cache: storage sizes disagree with the shapes checked");
         }
-        for (row, &slot) in rows.chunks_exact(n).zip(slots) {
-            if slot >= 0 {
-                let at = slot as usize * n;
-                let Some(dst) = cache.get_mut(at..at + n) else {
-                    bail!("reshape_and_cache: slot {slot} outside the cache");
-                };
-                dst.copy_from_slice(row);
+        let (keys, values) = rows.split_at(self.num_tokens * n);
+        let (key_cache, value_cache) = cache.split_at_mut(half);
+        for (src, dst) in [(keys, key_cache), (values, value_cache)] {
+            for (row, &slot) in src.chunks_exact(n).zip(slots) {
+                if slot >= 0 {
+                    let at = slot as usize * n;
+                    let Some(d) = dst.get_mut(at..at + n) else {
+                        bail!("reshape_and_cache: slot {slot} outside the cache");
+                    };
+                    d.copy_from_slice(row);
+                }
             }
         }
         Ok(())
@@ -241,9 +225,9 @@ impl InplaceOp3 for WriteCache {
         let slots = contiguous_slice::<i64>(slots, slots_l, "slot_mapping")?;
         macro_rules! go {
             ($variant:ident, $t:ty) => {{
-                let rows = contiguous_slice::<$t>(rows, rows_l, "key/value")?;
+                let rows = contiguous_slice::<$t>(rows, rows_l, "kv")?;
                 let CpuStorage::$variant(cache) = cache else {
-                    bail!("reshape_and_cache: cache and key/value dtypes differ");
+                    bail!("reshape_and_cache: cache and kv dtypes differ");
                 };
                 let Some(cache) = cache.get_mut(start..end) else {
                     bail!("reshape_and_cache: cache layout outside its storage");
@@ -255,7 +239,7 @@ impl InplaceOp3 for WriteCache {
             CpuStorage::F32(_) => go!(F32, f32),
             CpuStorage::F16(_) => go!(F16, half::f16),
             CpuStorage::BF16(_) => go!(BF16, half::bf16),
-            _ => bail!("reshape_and_cache: key/value must be f32, f16 or bf16"),
+            _ => bail!("reshape_and_cache: kv must be f32, f16 or bf16"),
         }
     }
 
@@ -269,13 +253,6 @@ impl InplaceOp3 for WriteCache {
         slots: &candle_core::CudaStorage,
         slots_l: &Layout,
     ) -> Result<()> {
-        crate::cuda::cache::write(
-            cache,
-            cache_l,
-            (rows, rows_l),
-            (slots, slots_l),
-            self.num_slots,
-            self.row_len,
-        )
+        crate::cuda::cache::write(self, cache, cache_l, (rows, rows_l), (slots, slots_l))
     }
 }

@@ -21,6 +21,10 @@
 //! only token ids and the logprobs asked for cross to the host; a [`SamplingBatch`]
 //! describes the rows.
 //!
+//! The small ops between a layer's projections are fused, one pass each:
+//! [`add_rms_norm`] (residual add and RMSNorm), [`silu_mul`] (the gated MLP's activation)
+//! and [`qkv_rotary`] (q/k norm, rotary embedding and the q | k | v split).
+//!
 //! [`QuantMatrix`] multiplies f32 activations by a GGUF block-quantized weight on the CPU
 //! for the block types whose candle CPU path is scalar (Q4_1), with AVX2 where present.
 //!
@@ -37,6 +41,7 @@ mod cpu_util;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod device_memory;
+mod fused;
 mod lora;
 mod lora_cpu;
 mod paged_attention;
@@ -50,6 +55,7 @@ mod work_list;
 
 pub use cache::{reshape_and_cache, SlotMapping};
 pub use device_memory::{device_memory, peak_allocation, prepare_device, DeviceMemory};
+pub use fused::{add_rms_norm, qkv_rotary, silu_mul, QkNorm, QkvHeads, RotatedQkv};
 pub use lora::{lora_apply, LoraBatch};
 pub use paged_attention::{paged_attention, PagedAttentionMetadata};
 pub use quant::QuantMatrix;

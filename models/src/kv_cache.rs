@@ -1,6 +1,8 @@
-//! The paged KV cache's memory: per layer one key and one value tensor of shape
-//! `[num_blocks, block_size, num_kv_heads, head_dim]` (FlashAttention's paged "NHD"
-//! layout, so a CUDA kernel reads a block's keys for all heads contiguously). Which
+//! The paged KV cache's memory: per layer one tensor of shape
+//! `[2, num_blocks, block_size, num_kv_heads, head_dim]`, keys then values (FlashAttention's
+//! paged "NHD" layout, so a CUDA kernel reads a block's keys for all heads contiguously; one
+//! allocation per layer, as vLLM's FlashAttention backend keeps it, so one op writes a
+//! step's keys and values). Which
 //! sequence owns which block is the engine's business (its block pool); this type only
 //! holds the storage and knows its size.
 
@@ -14,8 +16,8 @@ pub const DEFAULT_BLOCK_SIZE: usize = 16;
 /// K/V storage for every layer.
 #[derive(Debug)]
 pub struct KvCache {
-    /// (key_cache, value_cache) per layer.
-    pub layers: Vec<(Tensor, Tensor)>,
+    /// Per layer: `[2, num_blocks, block_size, num_kv_heads, head_dim]`, keys then values.
+    pub layers: Vec<Tensor>,
     /// Tokens per block.
     pub block_size: usize,
     /// Blocks per layer.
@@ -61,14 +63,9 @@ impl KvCache {
                 "block_size and num_blocks must be positive",
             ));
         }
-        let shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim);
+        let shape = (2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim);
         let layers = (0..cfg.num_layers)
-            .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, dtype, device)?,
-                    Tensor::zeros(shape, dtype, device)?,
-                ))
-            })
+            .map(|_| Ok(Tensor::zeros(shape, dtype, device)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,

@@ -5,8 +5,9 @@
 //! `forward` takes one flattened ragged batch ([`ModelInput`]): each layer writes the new
 //! K/V into the paged cache by `slot_mapping`, then one paged attention op reads every
 //! query's keys from the cache, causal by position. Prefill, chunked prefill and decode are
-//! the same code path. Only the rows in `logits_indices` reach the final norm and
-//! `lm_head`; the result is f32 logits, one row per sampled sequence.
+//! the same code path. Each residual addition and the RMSNorm after it are one op; only
+//! the rows in `logits_indices` reach `lm_head`; the result is f32 logits, one row per
+//! sampled sequence.
 
 use crate::config::ModelConfig;
 use crate::input::ModelInput;
@@ -49,12 +50,16 @@ impl DecoderLayer {
     }
 }
 
+/// Which of [`DecoderLayer::projections_mut`] serves each [`crate::lora::LoraModule`], in
+/// its order, and as which fused part: q, k, v are parts of qkv; gate and up of gate_up.
+const LORA_TARGETS: [(usize, usize); 7] = [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1), (3, 0)];
+
 impl DecoderLayer {
-    /// The seven adaptable projections, in [`crate::lora::LoraModule`] order.
-    fn projections_mut(&mut self) -> Vec<&mut Linear> {
-        let [q, k, v, o] = self.attn.projections_mut();
-        let [gate, up, down] = self.mlp.projections_mut();
-        vec![q, k, v, o, gate, up, down]
+    /// The four projections: qkv, o, gate_up, down.
+    fn projections_mut(&mut self) -> [&mut Linear; 4] {
+        let [qkv, o] = self.attn.projections_mut();
+        let [gate_up, down] = self.mlp.projections_mut();
+        [qkv, o, gate_up, down]
     }
 }
 
@@ -148,8 +153,10 @@ impl LlamaModel {
         }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let pairs = adapter.map(|a| &a.layers[i]);
-            for (m, p) in layer.projections_mut().into_iter().enumerate() {
-                p.set_lora(slot, pairs.and_then(|pairs| pairs[m].as_ref()))?;
+            let projections = layer.projections_mut();
+            for (m, &(p, part)) in LORA_TARGETS.iter().enumerate() {
+                let pair = pairs.and_then(|pairs| pairs[m].as_ref());
+                projections[p].set_lora(slot, part, pair)?;
             }
         }
         self.lora_ranks[slot] = adapter.map_or(0, |a| a.rank);
@@ -205,23 +212,31 @@ impl LlamaModel {
             )?)
         };
         let lora = lora.as_ref();
-        let mut x = self.embed_tokens.forward(&input.input_ids)?;
-        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(cache.layers.iter()) {
-            let h = layer.input_layernorm.forward(&x)?;
-            let attn = layer
-                .attn
-                .forward(&h, &rotary, k_cache, v_cache, input, lora)?;
-            let x1 = (&x + attn)?;
-            let h = layer.post_attention_layernorm.forward(&x1)?;
-            x = (&x1 + layer.mlp.forward(&h, lora)?)?;
+        // The residual stream and its normalised copy: each layer's residual addition and
+        // the norm after it are one op (the last layer's with the final norm).
+        let mut residual = self.embed_tokens.forward(&input.input_ids)?;
+        let mut h = match self.layers.first() {
+            Some(layer) => layer.input_layernorm.forward(&residual)?,
+            None => self.norm.forward(&residual)?,
+        };
+        for (i, (layer, kv_cache)) in self.layers.iter().zip(cache.layers.iter()).enumerate() {
+            let attn = layer.attn.forward(&h, &rotary, kv_cache, input, lora)?;
+            (residual, h) = layer
+                .post_attention_layernorm
+                .add_forward(&attn, &residual)?;
+            let mlp = layer.mlp.forward(&h, lora)?;
+            let next_norm = match self.layers.get(i + 1) {
+                Some(next) => &next.input_layernorm,
+                None => &self.norm,
+            };
+            (residual, h) = next_norm.add_forward(&mlp, &residual)?;
         }
         if input.num_sampled == 0 {
-            // Only prompt chunks mid-way: nothing reaches the final norm and lm_head.
+            // Only prompt chunks mid-way: nothing reaches lm_head.
             let vocab = self.cfg.vocab_size;
             return Ok(Tensor::zeros((0, vocab), DType::F32, &self.device)?);
         }
-        let last = x.index_select(&input.logits_indices, 0)?;
-        let last = self.norm.forward(&last)?;
+        let last = h.index_select(&input.logits_indices, 0)?;
         Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
     }
 }

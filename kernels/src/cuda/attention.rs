@@ -11,7 +11,8 @@
 //!   every other sequence: decode, short chunks, f32, other head sizes up to
 //!   [`MAX_HEAD_DIM`].
 //!
-//! Both write disjoint rows of one zeroed output, so padding rows stay zero, and each
+//! Both write disjoint rows of one output, zeroed only when rows past the last sequence
+//! (padding) would otherwise stay unwritten, and each
 //! sequence's result depends only on that sequence (batch invariance).
 
 use super::{aligned16, as_u32, view, PAGED_ATTENTION_PTX};
@@ -181,7 +182,7 @@ fn make_plan(
     })
 }
 
-/// Runs the plan's kernels; returns the zero-initialised output they fill.
+/// Runs the plan's kernels; returns the output they fill (padding rows zero).
 fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     name: &str,
     op: &PagedAttention,
@@ -213,7 +214,16 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             None => 0,
         },
     };
-    let mut out = dev.alloc_zeros::<T>(dims.num_tokens * dims.num_heads * dims.head_dim)?;
+    let out_len = dims.num_tokens * dims.num_heads * dims.head_dim;
+    let covered = op.meta.cu_seqlens_q().last().map_or(0, |&e| e as usize);
+    let mut out = if covered == dims.num_tokens {
+        // SAFETY: uninitialised, but every row belongs to a sequence (the last sequence
+        // ends at the last row), and the kernels write every (row, head) of every sequence.
+        unsafe { dev.alloc::<T>(out_len)? }
+    } else {
+        // Padding rows past the last sequence must read as zeros.
+        dev.alloc_zeros::<T>(out_len)?
+    };
     let block = (THREADS, 1, 1);
 
     if let Some(items) = &plan.rows {

@@ -1,8 +1,9 @@
 //! The CUDA path of [`crate::reshape_and_cache`]: the copy kernel of
-//! kernels/reshape_and_cache.cu. The slots were checked on the host from the
-//! [`crate::SlotMapping`]'s host copy; nothing is read back.
+//! kernels/reshape_and_cache.cu, one launch for keys and values. The slots were checked on
+//! the host from the [`crate::SlotMapping`]'s host copy; nothing is read back.
 
 use super::{as_u32, view, RESHAPE_AND_CACHE_PTX};
+use crate::cache::WriteCache;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result};
@@ -10,47 +11,43 @@ use candle_core::{bail, CudaStorage, Layout, Result};
 /// Threads per token (each copies 16 bytes at a time).
 const THREADS: u32 = 128;
 
-/// Writes row t of `rows` to slot `slots[t]` of `cache` on the GPU. Slots were checked.
+/// Writes row t of both halves of `rows` to slot `slots[t]` of the cache's halves on the
+/// GPU. Slots were checked.
 pub(crate) fn write(
+    op: &WriteCache,
     cache: &mut CudaStorage,
     cache_l: &Layout,
     rows: (&CudaStorage, &Layout),
     slots: (&CudaStorage, &Layout),
-    num_slots: usize,
-    row_len: usize,
 ) -> Result<()> {
     use candle_core::backend::BackendStorage;
     match rows.0.dtype() {
-        candle_core::DType::F32 => {
-            copy::<f32>("b32", cache, cache_l, rows, slots, num_slots, row_len)
-        }
-        candle_core::DType::F16 => {
-            copy::<half::f16>("b16", cache, cache_l, rows, slots, num_slots, row_len)
-        }
-        candle_core::DType::BF16 => {
-            copy::<half::bf16>("b16", cache, cache_l, rows, slots, num_slots, row_len)
-        }
-        other => bail!("reshape_and_cache: key/value must be f32, f16 or bf16, got {other:?}"),
+        candle_core::DType::F32 => copy::<f32>("b32", op, cache, cache_l, rows, slots),
+        candle_core::DType::F16 => copy::<half::f16>("b16", op, cache, cache_l, rows, slots),
+        candle_core::DType::BF16 => copy::<half::bf16>("b16", op, cache, cache_l, rows, slots),
+        other => bail!("reshape_and_cache: kv must be f32, f16 or bf16, got {other:?}"),
     }
 }
 
 fn copy<T: CudaDType>(
     width: &str,
+    op: &WriteCache,
     cache: &mut CudaStorage,
     cache_l: &Layout,
     rows: (&CudaStorage, &Layout),
     slots: (&CudaStorage, &Layout),
-    num_slots: usize,
-    row_len: usize,
 ) -> Result<()> {
+    let (num_slots, num_tokens, row_len) = (op.num_slots, op.num_tokens, op.row_len);
     let Some((start, end)) = cache_l.contiguous_offsets() else {
         bail!("reshape_and_cache: the cache must be contiguous");
     };
-    let num_tokens = slots.1.shape().elem_count();
     if num_tokens == 0 {
         return Ok(());
     }
-    if end - start != num_slots * row_len || rows.1.shape().elem_count() != num_tokens * row_len {
+    if end - start != 2 * num_slots * row_len
+        || rows.1.shape().elem_count() != 2 * num_tokens * row_len
+        || slots.1.shape().elem_count() != num_tokens
+    {
         bail!("reshape_and_cache: storage sizes disagree with the shapes checked");
     }
     let dev = cache.device.clone();
@@ -59,7 +56,7 @@ fn copy<T: CudaDType>(
         "wick_reshape_and_cache",
         RESHAPE_AND_CACHE_PTX,
     )?;
-    let src = view::<T>(rows.0, rows.1, "key/value")?;
+    let src = view::<T>(rows.0, rows.1, "kv")?;
     let slot_view = view::<i64>(slots.0, slots.1, "slot_mapping")?;
     let cache_slice = cache.as_cuda_slice_mut::<T>()?;
     if end > cache_slice.len() {
@@ -72,7 +69,7 @@ fn copy<T: CudaDType>(
         num_slots as u64,
     );
     let cfg = LaunchConfig {
-        grid_dim: (n, 1, 1),
+        grid_dim: (n, 2, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -84,8 +81,8 @@ fn copy<T: CudaDType>(
     builder.arg(&len);
     builder.arg(&slots_total);
     // SAFETY: the arguments match `wick_reshape_and_cache_{b16,b32}` (T is 2 or 4 bytes
-    // wide as the name says); `dst` holds num_slots * row_len elements, `src`
-    // num_tokens * row_len, `slot_view` num_tokens; the kernel skips slots outside
+    // wide as the name says); `dst` holds 2 * num_slots * row_len elements, `src`
+    // 2 * num_tokens * row_len, `slot_view` num_tokens; the kernel skips slots outside
     // 0..num_slots.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(())

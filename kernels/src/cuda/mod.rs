@@ -12,6 +12,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod cache;
+pub(crate) mod fused;
 pub(crate) mod lora;
 pub(crate) mod memory;
 pub(crate) mod sampling;
@@ -29,6 +30,9 @@ pub(crate) const LORA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora.p
 
 /// kernels/sampling.cu as PTX.
 pub(crate) const SAMPLING_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sampling.ptx"));
+
+/// kernels/fused.cu as PTX.
+pub(crate) const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 
 /// kernels/paged_attention.cu as PTX.
 pub(crate) const PAGED_ATTENTION_PTX: &str =

@@ -6,44 +6,40 @@ use wick_kernels::{paged_attention, reshape_and_cache, PagedAttentionMetadata, S
 
 fn bad_cache_writes(dev: &Device) -> Result<()> {
     let mut rng = rng(300);
-    let kc = Tensor::zeros((2, 4, 2, 8), DType::F32, dev)?;
-    let vc = kc.copy()?;
-    let k = rand_tensor(&mut rng, &[3, 2, 8], DType::F32, dev)?;
+    let cache = Tensor::zeros((2, 2, 4, 2, 8), DType::F32, dev)?;
+    let kv = rand_tensor(&mut rng, &[2, 3, 2, 8], DType::F32, dev)?;
     let slots = |s: &[i64]| SlotMapping::new(s.to_vec(), dev);
     let ok = slots(&[0, 1, 2])?;
 
     expect_err(
-        reshape_and_cache(&k, &k, &kc, &vc, &slots(&[0, 8, 1])?),
+        reshape_and_cache(&kv, &cache, &slots(&[0, 8, 1])?),
         "outside",
     );
     expect_err(
-        reshape_and_cache(&k, &k, &kc, &vc, &slots(&[0, -5, 1])?),
+        reshape_and_cache(&kv, &cache, &slots(&[0, -5, 1])?),
         "outside",
     );
     expect_err(
-        reshape_and_cache(&k, &k, &kc, &vc, &slots(&[4, 1, 4])?),
+        reshape_and_cache(&kv, &cache, &slots(&[4, 1, 4])?),
         "two tokens",
     );
     expect_err(
-        reshape_and_cache(&k, &k, &kc, &vc, &slots(&[0, 1])?),
+        reshape_and_cache(&kv, &cache, &slots(&[0, 1])?),
         "slot_mapping",
     );
-    let k16 = k.to_dtype(DType::F16)?;
-    expect_err(reshape_and_cache(&k16, &k16, &kc, &vc, &ok), "F16");
-    let k3 = rand_tensor(&mut rng, &[3, 3, 8], DType::F32, dev)?;
-    expect_err(reshape_and_cache(&k3, &k3, &kc, &vc, &ok), "key must be");
-    let k2 = rand_tensor(&mut rng, &[2, 2, 8], DType::F32, dev)?;
-    expect_err(reshape_and_cache(&k, &k2, &kc, &vc, &ok), "value");
-    let strided = Tensor::zeros((2, 2, 4, 8), DType::F32, dev)?.transpose(1, 2)?;
-    expect_err(
-        reshape_and_cache(&k, &k, &strided, &strided, &ok),
-        "contiguous",
-    );
-    let small = Tensor::zeros((2, 4, 2, 4), DType::F32, dev)?;
-    expect_err(reshape_and_cache(&k, &k, &kc, &small, &ok), "differs");
-    let ints = Tensor::zeros((2, 4, 2, 8), DType::U32, dev)?;
-    let kint = Tensor::zeros((3, 2, 8), DType::U32, dev)?;
-    expect_err(reshape_and_cache(&kint, &kint, &ints, &ints, &ok), "dtype");
+    let kv16 = kv.to_dtype(DType::F16)?;
+    expect_err(reshape_and_cache(&kv16, &cache, &ok), "F16");
+    let heads3 = rand_tensor(&mut rng, &[2, 3, 3, 8], DType::F32, dev)?;
+    expect_err(reshape_and_cache(&heads3, &cache, &ok), "kv must be");
+    // Keys only: the first dimension must be 2 (keys, values).
+    expect_err(reshape_and_cache(&kv.get(0)?, &cache, &ok), "kv must be");
+    let strided = Tensor::zeros((2, 2, 2, 4, 8), DType::F32, dev)?.transpose(2, 3)?;
+    expect_err(reshape_and_cache(&kv, &strided, &ok), "contiguous");
+    let one_half = Tensor::zeros((1, 2, 4, 2, 8), DType::F32, dev)?;
+    expect_err(reshape_and_cache(&kv, &one_half, &ok), "kv_cache must be");
+    let ints = Tensor::zeros((2, 2, 4, 2, 8), DType::U32, dev)?;
+    let kint = Tensor::zeros((2, 3, 2, 8), DType::U32, dev)?;
+    expect_err(reshape_and_cache(&kint, &ints, &ok), "f32, f16 or bf16");
     Ok(())
 }
 

@@ -11,5 +11,6 @@ mod support;
 mod attention;
 mod cache;
 mod errors;
+mod fused;
 mod lora;
 mod sampling;

@@ -151,9 +151,8 @@ impl Batch {
             blocks.push(b);
         }
 
-        let cache_dims = [num_blocks, bs, kvh, d];
-        let nan = Tensor::full(f32::NAN, &cache_dims[..], dev)?.to_dtype(case.dtype)?;
-        let (key_cache, value_cache) = (nan.copy()?, nan.copy()?);
+        let cache_dims = [2, num_blocks, bs, kvh, d];
+        let kv_cache = Tensor::full(f32::NAN, &cache_dims[..], dev)?.to_dtype(case.dtype)?;
 
         // Every context token's K/V, written in one step with padding rows between seqs.
         let (mut keys, mut values) = (Vec::new(), Vec::new());
@@ -175,7 +174,9 @@ impl Batch {
         let slots = SlotMapping::new(slots, dev)?;
         let k_rows = Tensor::cat(&k_rows, 0)?;
         let v_rows = Tensor::cat(&v_rows, 0)?;
-        reshape_and_cache(&k_rows, &v_rows, &key_cache, &value_cache, &slots)?;
+        reshape_and_cache(&Tensor::stack(&[k_rows, v_rows], 0)?, &kv_cache, &slots)?;
+        // The attention op reads the two halves as views into the one allocation.
+        let (key_cache, value_cache) = (kv_cache.get(0)?, kv_cache.get(1)?);
 
         let mut cu = vec![0u32];
         for spec in &case.seqs {

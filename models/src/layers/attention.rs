@@ -1,33 +1,34 @@
-//! Self-attention over the paged KV cache: q/k/v projections, optional per-head q/k
-//! RMSNorm (Qwen3), rotary embedding, then the new keys and values are written into the
-//! cache by `slot_mapping` and one paged attention op (wick-kernels) reads every query's
-//! keys from the cache, causal by position (and within the sliding window, if any), for
-//! prefill, chunked prefill and decode alike. Then the output projection.
+//! Self-attention over the paged KV cache: one fused q/k/v projection (the checkpoint's
+//! `q_proj`, `k_proj`, `v_proj` concatenated at load), then one op for the optional
+//! per-head q/k RMSNorm (Qwen3), the rotary embedding and the split into queries and
+//! stacked keys/values ([`wick_kernels::qkv_rotary`]); the new keys and values are written
+//! into the cache by `slot_mapping` in one op, and one paged attention op (wick-kernels)
+//! reads every query's keys from the cache, causal by position (and within the sliding
+//! window, if any), for prefill, chunked prefill and decode alike. Then the output
+//! projection.
 //!
-//! Invariant: the cache tensors are `[num_blocks, block_size, num_kv_heads, head_dim]`
-//! in the model's dtype (see [`crate::KvCache`]); grouped-query attention is handled by
-//! the kernel (query head `h` reads kv head `h / (num_heads / num_kv_heads)`).
+//! Invariant: a layer's cache is one `[2, num_blocks, block_size, num_kv_heads, head_dim]`
+//! tensor (keys, then values) in the model's dtype (see [`crate::KvCache`]); grouped-query
+//! attention is handled by the kernel (query head `h` reads kv head
+//! `h / (num_heads / num_kv_heads)`).
 
 use super::rotary::RotaryAt;
-use super::{Linear, RmsNorm, WeightLoader};
+use super::{Linear, WeightLoader};
 use crate::config::ModelConfig;
 use crate::input::ModelInput;
 use crate::Result;
 use candle_core::Tensor;
-use wick_kernels::LoraBatch;
+use wick_kernels::{LoraBatch, QkNorm, QkvHeads};
 
 /// One attention block's weights and shape.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k and v fused: parts `[num_heads * head_dim, num_kv_heads * head_dim x 2]`.
+    qkv_proj: Linear,
     o_proj: Linear,
     /// Per-head RMSNorm of queries and keys before rotary (Qwen3).
-    qk_norm: Option<(RmsNorm, RmsNorm)>,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
+    qk_norm: Option<QkNorm>,
+    heads: QkvHeads,
     scale: f32,
     sliding_window: Option<usize>,
 }
@@ -39,77 +40,68 @@ impl Attention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let bias = cfg.attention_bias;
-        let proj = |name: &str, out: usize, inp: usize, bias: bool| {
-            Linear::load(ld, &format!("{prefix}.{name}"), out, inp, bias)
-        };
-        let norm = |name: &str| {
-            RmsNorm::load(ld, &format!("{prefix}.{name}.weight"), hd, cfg.rms_norm_eps)
-        };
+        let norm = |name: &str| ld.tensor(&format!("{prefix}.{name}.weight"), &[hd]);
+        let (q, k, v) = (
+            format!("{prefix}.q_proj"),
+            format!("{prefix}.k_proj"),
+            format!("{prefix}.v_proj"),
+        );
+        let qkv_parts = [
+            (q.as_str(), q_out),
+            (k.as_str(), kv_out),
+            (v.as_str(), kv_out),
+        ];
         Ok(Self {
-            q_proj: proj("q_proj", q_out, h, bias)?,
-            k_proj: proj("k_proj", kv_out, h, bias)?,
-            v_proj: proj("v_proj", kv_out, h, bias)?,
-            o_proj: proj("o_proj", h, q_out, false)?,
+            qkv_proj: Linear::load_fused(ld, &qkv_parts, h, bias)?,
+            o_proj: Linear::load(ld, &format!("{prefix}.o_proj"), h, q_out, false)?,
             qk_norm: if cfg.qk_norm {
-                Some((norm("q_norm")?, norm("k_norm")?))
+                Some(QkNorm {
+                    q_weight: norm("q_norm")?,
+                    k_weight: norm("k_norm")?,
+                    eps: cfg.rms_norm_eps as f32,
+                })
             } else {
                 None
             },
-            num_heads: cfg.num_heads,
-            num_kv_heads: cfg.num_kv_heads,
-            head_dim: hd,
+            heads: QkvHeads {
+                num_heads: cfg.num_heads,
+                num_kv_heads: cfg.num_kv_heads,
+                head_dim: hd,
+            },
             scale: 1.0 / (hd as f32).sqrt(),
             sliding_window: cfg.sliding_window,
         })
     }
 
-    /// q, k, v and o projections, in [`crate::lora::LoraModule`] order (for adapter slots).
-    pub fn projections_mut(&mut self) -> [&mut Linear; 4] {
-        [
-            &mut self.q_proj,
-            &mut self.k_proj,
-            &mut self.v_proj,
-            &mut self.o_proj,
-        ]
+    /// The fused q/k/v projection (LoRA parts 0, 1, 2: q, k, v) and the o projection.
+    pub fn projections_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.qkv_proj, &mut self.o_proj]
     }
 
     /// Attends `x` (`[tokens, hidden]`, normalised) for the step `input`, writing this
-    /// layer's new K/V into `k_cache`/`v_cache`; returns `[tokens, hidden]`.
+    /// layer's new K/V into `kv_cache`; returns `[tokens, hidden]`.
     pub fn forward(
         &self,
         x: &Tensor,
         rotary: &RotaryAt,
-        k_cache: &Tensor,
-        v_cache: &Tensor,
+        kv_cache: &Tensor,
         input: &ModelInput,
         lora: Option<&LoraBatch>,
     ) -> Result<Tensor> {
         let t = input.num_tokens;
-        let (hd, nh, nkv) = (self.head_dim, self.num_heads, self.num_kv_heads);
-        let q = self.q_proj.forward_lora(x, lora)?.reshape((t, nh, hd))?;
-        let k = self.k_proj.forward_lora(x, lora)?.reshape((t, nkv, hd))?;
-        let v = self.v_proj.forward_lora(x, lora)?.reshape((t, nkv, hd))?;
-        let (q, k) = match &self.qk_norm {
-            Some((qn, kn)) => (qn.forward(&q.contiguous()?)?, kn.forward(&k.contiguous()?)?),
-            None => (q, k),
-        };
-        let q = rotary.apply(&q)?;
-        let k = rotary.apply(&k)?;
-        wick_kernels::reshape_and_cache(
-            &k,
-            &v.contiguous()?,
-            k_cache,
-            v_cache,
-            &input.slot_mapping,
-        )?;
+        let qkv = self.qkv_proj.forward_lora(x, lora)?;
+        let (cos, sin) = rotary.tables();
+        let rotated = wick_kernels::qkv_rotary(&qkv, cos, sin, self.heads, self.qk_norm.as_ref())?;
+        wick_kernels::reshape_and_cache(&rotated.kv, kv_cache, &input.slot_mapping)?;
         let attn = wick_kernels::paged_attention(
-            &q,
-            k_cache,
-            v_cache,
+            &rotated.q,
+            &kv_cache.get(0)?,
+            &kv_cache.get(1)?,
             &input.attention,
             self.scale,
             self.sliding_window,
         )?;
-        self.o_proj.forward_lora(&attn.reshape((t, nh * hd))?, lora)
+        let width = self.heads.num_heads * self.heads.head_dim;
+        self.o_proj.forward_lora(&attn.reshape((t, width))?, lora)
     }
 }

@@ -9,10 +9,10 @@
 //! every row of an empty slot or of a module the adapter does not target, are zero, so
 //! they add nothing. B already carries the adapter's scaling.
 //!
-//! How fused or sharded projections will keep addressing q, k and v separately: a fused
-//! q/k/v `Linear` keeps one `LoraSlots` per original projection and applies each to its
-//! slice of the fused output (`out` ranges), and a column-sharded one keeps the rows of B
-//! for its shard; A is per input and stays whole.
+//! Fused projections keep addressing q, k and v separately: a fused q/k/v `Linear` keeps
+//! one `LoraSlots` per original projection and applies each to its slice of the fused
+//! output (its `out` range); a column-sharded one would keep the rows of B for its shard,
+//! A being per input and whole.
 
 use crate::lora::LoraPair;
 use crate::Result;

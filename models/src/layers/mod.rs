@@ -1,8 +1,13 @@
 //! The building blocks every architecture family is made of: [`linear::Linear`] (wick's
-//! own, the one place every projection goes through), [`attention::Attention`] over the
-//! paged KV cache, the gated [`mlp::Mlp`], [`rotary::RotaryEmbedding`] and
-//! [`norm::RmsNorm`], and the adapter slots [`lora::LoraSlots`] a `Linear` may carry. A family file (e.g. `llama.rs`) composes them; it holds no
-//! arithmetic of its own beyond residual additions.
+//! own, the one place every projection goes through, fused q/k/v and gate/up included),
+//! [`attention::Attention`] over the paged KV cache, the gated [`mlp::Mlp`],
+//! [`rotary::RotaryEmbedding`] and [`norm::RmsNorm`] (with the residual addition fused in),
+//! and the adapter slots [`lora::LoraSlots`] a `Linear` may carry. A family file (e.g.
+//! `llama.rs`) composes them; it holds no arithmetic of its own.
+//!
+//! Where a checkpoint's projections are fused, LoRA and (future) sharding still address
+//! q, k, v, gate and up one by one: see [`linear`] (each fused part keeps its own adapter
+//! slots and would keep its own shard of rows).
 //!
 //! Every layer is built through a [`WeightLoader`], which reads tensors by their Hugging
 //! Face names with the shapes the config implies and converts them to the serving dtype

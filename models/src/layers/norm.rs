@@ -1,5 +1,7 @@
 //! RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`, through
-//! candle-nn's fused `rms_norm` op (computed in f32 internally for half dtypes).
+//! candle-nn's fused `rms_norm` op (computed in f32 internally for half dtypes), or, after
+//! a residual addition, both in one pass ([`RmsNorm::add_forward`], wick-kernels'
+//! `add_rms_norm`).
 
 use super::WeightLoader;
 use crate::Result;
@@ -29,5 +31,15 @@ impl RmsNorm {
     /// Normalises `x` (contiguous) over its last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+
+    /// `x + residual` (`[tokens, hidden]`) and its normalised copy: `(sum, normed)`.
+    pub fn add_forward(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(wick_kernels::add_rms_norm(
+            x,
+            residual,
+            &self.weight,
+            self.eps,
+        )?)
     }
 }

@@ -4,10 +4,10 @@
 //! multiplies cos and sin.
 //!
 //! Per step, [`RotaryEmbedding::at`] gathers the rows of the step's positions once; every
-//! layer then applies them to its queries and keys with candle-nn's fused `rope_thd`.
+//! layer then applies them to its queries and keys in wick-kernels' `qkv_rotary`.
 
 use crate::config::{Llama3RopeScaling, ModelConfig, RopeScaling, YarnRopeScaling};
-use crate::{ModelError, Result};
+use crate::Result;
 use candle_core::{DType, Device, Tensor};
 use std::f64::consts::PI;
 
@@ -121,17 +121,10 @@ impl RotaryEmbedding {
 }
 
 impl RotaryAt {
-    /// Rotates `x` of shape `[tokens, heads, head_dim]`.
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        if x.rank() != 3 {
-            return Err(ModelError::invalid(
-                "rotary input",
-                format!("shape {:?}, expected [tokens, heads, head_dim]", x.dims()),
-            ));
-        }
-        let y =
-            candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?.contiguous()?, &self.cos, &self.sin)?;
-        Ok(y.squeeze(0)?)
+    /// `(cos, sin)`, each `[tokens, head_dim / 2]`, for the fused op
+    /// ([`wick_kernels::qkv_rotary`]).
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
     }
 }
 
