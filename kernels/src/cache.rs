@@ -15,14 +15,14 @@
 //! one `copy_from_slice` of `num_kv_heads * head_dim` elements.
 
 use crate::cpu_util::{contiguous_slice, is_float, Elem};
-use candle_core::{bail, CpuStorage, Device, InplaceOp3, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, DType, Device, InplaceOp3, Layout, Result, Tensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The cache slot of each token of a step, built once on the host and shared by every
-/// layer: the host copy (checked there) and the i64 `[num_tokens]` tensor the kernels read
-/// on the model's device. Slot = `block_id * block_size + offset_in_block`; -1 skips the
-/// token (padding).
+/// layer: the host copy (checked there) and the u32 `[num_tokens]` tensor the kernels read
+/// on the model's device. Slot = `block_id * block_size + offset_in_block`; -1 on the host
+/// (`u32::MAX` on the device) skips the token (padding).
 #[derive(Debug, Clone)]
 pub struct SlotMapping {
     host: Arc<[i64]>,
@@ -35,11 +35,40 @@ impl SlotMapping {
     /// `slots` on the host and uploaded to `device` (one copy).
     pub fn new(slots: Vec<i64>, device: &Device) -> Result<Self> {
         let n = slots.len();
+        let device_slots = Self::device_slots(&slots)?;
+        Self::from_parts(slots, Tensor::from_vec(device_slots, n, device)?)
+    }
+
+    /// `slots` on the host beside `tensor`, the u32 `[num_tokens]` tensor already holding
+    /// [`SlotMapping::device_slots`] of them on the model's device (e.g. a view into a step's
+    /// one upload).
+    pub fn from_parts(slots: Vec<i64>, tensor: Tensor) -> Result<Self> {
+        if tensor.dims() != [slots.len()] || tensor.dtype() != DType::U32 {
+            bail!(
+                "slot_mapping: the device slots must be u32 [{}], got {:?} {:?}",
+                slots.len(),
+                tensor.dtype(),
+                tensor.dims()
+            );
+        }
         Ok(Self {
-            tensor: Tensor::from_vec(slots.clone(), n, device)?,
+            tensor,
             host: slots.into(),
             checked_for: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The device form of `slots`: u32, -1 as `u32::MAX`; an error for a slot below -1 or
+    /// past u32 (no cache has 2^32 slots).
+    pub fn device_slots(slots: &[i64]) -> Result<Vec<u32>> {
+        slots
+            .iter()
+            .map(|&s| match s {
+                -1 => Ok(u32::MAX),
+                s if (0..i64::from(u32::MAX)).contains(&s) => Ok(s as u32),
+                s => bail!("slot_mapping: slot {s} is neither -1 nor a u32 slot"),
+            })
+            .collect()
     }
 
     /// The slots, on the host.
@@ -47,7 +76,7 @@ impl SlotMapping {
         &self.host
     }
 
-    /// The slots on the model's device (i64 `[num_tokens]`).
+    /// The slots on the model's device (u32 `[num_tokens]`, `u32::MAX` for -1).
     pub fn tensor(&self) -> &Tensor {
         &self.tensor
     }
@@ -179,7 +208,7 @@ pub(crate) fn check_slots(slots: &[i64], num_slots: usize) -> Result<()> {
 }
 
 impl WriteCache {
-    fn write<T: Elem>(&self, cache: &mut [T], rows: &[T], slots: &[i64]) -> Result<()> {
+    fn write<T: Elem>(&self, cache: &mut [T], rows: &[T], slots: &[u32]) -> Result<()> {
         let n = self.row_len;
         let half = self.num_slots * n;
         if cache.len() != 2 * half
@@ -192,7 +221,7 @@ impl WriteCache {
         let (key_cache, value_cache) = cache.split_at_mut(half);
         for (src, dst) in [(keys, key_cache), (values, value_cache)] {
             for (row, &slot) in src.chunks_exact(n).zip(slots) {
-                if slot >= 0 {
+                if slot != u32::MAX {
                     let at = slot as usize * n;
                     let Some(d) = dst.get_mut(at..at + n) else {
                         bail!("reshape_and_cache: slot {slot} outside the cache");
@@ -222,7 +251,7 @@ impl InplaceOp3 for WriteCache {
         let Some((start, end)) = cache_l.contiguous_offsets() else {
             bail!("reshape_and_cache: the cache must be contiguous");
         };
-        let slots = contiguous_slice::<i64>(slots, slots_l, "slot_mapping")?;
+        let slots = contiguous_slice::<u32>(slots, slots_l, "slot_mapping")?;
         macro_rules! go {
             ($variant:ident, $t:ty) => {{
                 let rows = contiguous_slice::<$t>(rows, rows_l, "kv")?;

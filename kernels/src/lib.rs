@@ -51,6 +51,7 @@ mod quant_avx2;
 mod sampling;
 mod sampling_cpu;
 mod simd;
+mod upload;
 mod work_list;
 
 pub use cache::{reshape_and_cache, SlotMapping};
@@ -60,3 +61,4 @@ pub use lora::{lora_apply, LoraBatch};
 pub use paged_attention::{paged_attention, PagedAttentionMetadata};
 pub use quant::QuantMatrix;
 pub use sampling::{sample, RowEdits, RowParams, SampledToken, SamplingBatch, MAX_TOP_LOGPROBS};
+pub use upload::write_u32;

@@ -15,7 +15,7 @@
 
 use crate::attention_cpu::{self, Dims, Params, Seq};
 use crate::cpu_util::{contiguous_slice, is_float, Elem};
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
 /// Batch description shared by every layer of one step, built once on the host: the host
@@ -56,14 +56,29 @@ impl PagedAttentionMetadata {
         seq_lens: Vec<u32>,
         device: &Device,
     ) -> Result<Self> {
+        check_lengths(&block_tables, width, &cu_seqlens_q, &seq_lens)?;
+        let rows = seq_lens.len();
+        let tensor = Tensor::from_slice(&block_tables, (rows, width), device)?;
+        Self::from_parts(block_tables, width, cu_seqlens_q, seq_lens, tensor)
+    }
+
+    /// As [`PagedAttentionMetadata::new`], with the block tables already on the model's
+    /// device as `block_tables_tensor` (u32 `[num_seqs, width]`, the same values; e.g. a
+    /// view into a step's one upload).
+    pub fn from_parts(
+        block_tables: Vec<u32>,
+        width: usize,
+        cu_seqlens_q: Vec<u32>,
+        seq_lens: Vec<u32>,
+        block_tables_tensor: Tensor,
+    ) -> Result<Self> {
+        check_lengths(&block_tables, width, &cu_seqlens_q, &seq_lens)?;
         let n = seq_lens.len();
-        if cu_seqlens_q.len() != n + 1 || block_tables.len() != n * width {
+        if block_tables_tensor.dims() != [n, width] || block_tables_tensor.dtype() != DType::U32 {
             bail!(
-                "paged_attention: {n} sequences need {} cu_seqlens_q and {n} x {width} block \
-                 table entries, got {} and {}",
-                n + 1,
-                cu_seqlens_q.len(),
-                block_tables.len()
+                "paged_attention: the device block tables must be u32 [{n}, {width}], got {:?} {:?}",
+                block_tables_tensor.dtype(),
+                block_tables_tensor.dims()
             );
         }
         let max_seqlen_q = (cu_seqlens_q.windows(2))
@@ -71,7 +86,6 @@ impl PagedAttentionMetadata {
             .max()
             .unwrap_or(0);
         let max_seq_len = seq_lens.iter().copied().max().unwrap_or(0) as usize;
-        let tensor = Tensor::from_slice(&block_tables, (n, width), device)?;
         Ok(Self {
             host: Arc::new(HostMetadata {
                 block_tables,
@@ -81,7 +95,7 @@ impl PagedAttentionMetadata {
                 max_seqlen_q,
                 max_seq_len,
             }),
-            block_tables: tensor,
+            block_tables: block_tables_tensor,
             #[cfg(feature = "cuda")]
             plans: Default::default(),
         })
@@ -122,6 +136,26 @@ impl PagedAttentionMetadata {
     pub(crate) fn block_tables_tensor(&self) -> &Tensor {
         &self.block_tables
     }
+}
+
+/// Errors unless the metadata's lengths fit `seq_lens.len()` sequences.
+fn check_lengths(
+    block_tables: &[u32],
+    width: usize,
+    cu_seqlens_q: &[u32],
+    seq_lens: &[u32],
+) -> Result<()> {
+    let n = seq_lens.len();
+    if cu_seqlens_q.len() != n + 1 || block_tables.len() != n * width {
+        bail!(
+            "paged_attention: {n} sequences need {} cu_seqlens_q and {n} x {width} block \
+             table entries, got {} and {}",
+            n + 1,
+            cu_seqlens_q.len(),
+            block_tables.len()
+        );
+    }
+    Ok(())
 }
 
 /// One attention op for prefill, chunked prefill and decode over a ragged batch.

@@ -36,7 +36,7 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
-pub use input::{ModelInput, SequenceChunk};
+pub use input::{InputBuffer, ModelInput, SequenceChunk};
 pub use kv_cache::{KvCache, DEFAULT_BLOCK_SIZE};
 pub use loader::{load, LoadOptions, LoadedModel, SpecialTokens};
 pub use lora::{LoraAdapter, LoraModule};

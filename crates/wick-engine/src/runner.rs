@@ -8,12 +8,13 @@ use crate::kv::SeqId;
 use crate::scheduler::ScheduledSeq;
 use candle_core::Tensor;
 use wick_kernels::{SampledToken, SamplingBatch};
-use wick_models::{KvCache, Model, ModelInput, SequenceChunk};
+use wick_models::{InputBuffer, KvCache, Model, ModelInput, SequenceChunk};
 
-/// Owns the model and its KV cache storage.
+/// Owns the model, its KV cache storage and the device memory steps' inputs are written to.
 pub struct ModelRunner {
     model: Model,
     cache: KvCache,
+    inputs: InputBuffer,
 }
 
 /// A step's logits where the model left them: `[rows, vocab]` f32, one row per
@@ -38,11 +39,16 @@ impl StepLogits {
 impl ModelRunner {
     /// A runner over `model` and its `cache`.
     pub fn new(model: Model, cache: KvCache) -> Self {
-        Self { model, cache }
+        Self {
+            model,
+            cache,
+            inputs: InputBuffer::new(),
+        }
     }
 
-    /// Lays `seqs` out as one model input on the model's device. Only sequences with
-    /// `sample` set get a logits row; a prompt chunk mid-way never reaches `lm_head`.
+    /// Lays `seqs` out as one model input on the model's device, written by one copy into
+    /// the runner's persistent input memory. Only sequences with `sample` set get a logits
+    /// row; a prompt chunk mid-way never reaches `lm_head`.
     pub fn prepare(&self, seqs: &[&ScheduledSeq]) -> wick_models::Result<ModelInput> {
         let chunks: Vec<SequenceChunk<'_>> = seqs
             .iter()
@@ -54,7 +60,8 @@ impl ModelRunner {
                 sample: s.sample,
             })
             .collect();
-        ModelInput::build(&chunks, self.cache.block_size, self.model.device())
+        let (block_size, device) = (self.cache.block_size, self.model.device());
+        ModelInput::build_in(&self.inputs, &chunks, block_size, device)
     }
 
     /// One forward pass over `input` (laid out from `seqs` by [`Self::prepare`]); waits

@@ -57,7 +57,7 @@ fn copy<T: CudaDType>(
         RESHAPE_AND_CACHE_PTX,
     )?;
     let src = view::<T>(rows.0, rows.1, "kv")?;
-    let slot_view = view::<i64>(slots.0, slots.1, "slot_mapping")?;
+    let slot_view = view::<u32>(slots.0, slots.1, "slot_mapping")?;
     let cache_slice = cache.as_cuda_slice_mut::<T>()?;
     if end > cache_slice.len() {
         bail!("reshape_and_cache: cache layout outside its storage");

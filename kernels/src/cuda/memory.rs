@@ -1,9 +1,10 @@
-//! The CUDA side of [`crate::device_memory`] and [`crate::peak_allocation`]: the driver's
-//! free/total query, and the high-water mark of the device's current memory pool.
+//! The CUDA side of [`crate::device_memory`] and [`crate::peak_allocation`] (the driver's
+//! free/total query, and the high-water mark of the device's current memory pool), and of
+//! [`crate::write_u32`] (one host-to-device copy into existing memory).
 
 use candle_core::cuda_backend::cudarc::driver::sys;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
-use candle_core::{bail, Result};
+use candle_core::{bail, CudaStorage, Layout, Result};
 
 /// Free and total memory of `dev`.
 pub(crate) fn device_memory(dev: &CudaDevice) -> Result<crate::DeviceMemory> {
@@ -66,4 +67,22 @@ pub(crate) fn peak_allocation<T>(
     // SAFETY: releases the pool's unused memory to the device; nothing is in flight.
     unsafe { sys::cuMemPoolTrimTo(pool, 0) }.result().w()?;
     Ok((out, Some(high.saturating_sub(before))))
+}
+
+/// Copies `data` into the start of the contiguous u32 `storage` viewed by `layout`, on the
+/// device's stream; checked by [`crate::write_u32`].
+pub(crate) fn write_u32(storage: &mut CudaStorage, layout: &Layout, data: &[u32]) -> Result<()> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("write_u32: the destination must be contiguous");
+    };
+    if data.len() > end - start {
+        bail!("write_u32: the data does not fit the destination");
+    }
+    let dev = storage.device.clone();
+    let slice = storage.as_cuda_slice_mut::<u32>()?;
+    if end > slice.len() {
+        bail!("write_u32: the destination's layout is outside its storage");
+    }
+    let mut dst = slice.slice_mut(start..start + data.len());
+    dev.memcpy_htod(data, &mut dst)
 }
