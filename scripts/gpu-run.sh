@@ -8,7 +8,8 @@
 #      with a byte-level BPE tokenizer trained on the spot;
 #   4. wick's logits (ragged batch, chunked prefill + decode; bf16 and f32) against
 #      transformers' on the same weights and GPU, teacher-forced on wick's greedy tokens;
-#   5. a short benchmark (prefill and single-stream decode, examples/forward_bench).
+#   5. `wick serve` sizing its KV cache from the GPU's memory (no --kv-cache-memory);
+#   6. a short benchmark (prefill and single-stream decode, examples/forward_bench).
 # Writes logs and results under $OUT (default ./gpu-out), with summary.txt listing each
 # step as ok/FAILED; keeps going after a failed step, and each step has a time limit (a
 # hang costs that step, not the GPU time of the rest). Exits non-zero if any step failed.
@@ -117,6 +118,26 @@ step logits-bf16 300 "$bin/logits_dump" "$model" "$work/prompts.json" "$work/wic
 step compare-bf16 300 python3 "$root/scripts/gpu-check.py" compare "$model" "$work/wick-bf16" "$OUT/compare-bf16.json"
 step logits-f32 300 "$bin/logits_dump" "$model" "$work/prompts.json" "$work/wick-f32" 16 100 f32
 step compare-f32 300 python3 "$root/scripts/gpu-check.py" compare "$model" "$work/wick-f32" "$OUT/compare-f32.json"
+
+# `wick serve` with no --kv-cache-memory: the KV cache sized from the GPU (profiled
+# activation peak, --gpu-memory-utilization 0.9); the log's figures beside nvidia-smi's.
+kv_sizing() {
+  local log="$OUT/kv-sizing-serve.log" pid ok=1
+  "$bin/wick" serve --model "$model" --port 18411 >"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 240); do
+    grep -q "KV cache allocated" "$log" && { ok=0; break; }
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 1
+  done
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  grep -E "KV cache|activation|utilization" "$log" || true
+  return $ok
+}
+export -f kv_sizing
+export model
+step kv-sizing 300 bash -c kv_sizing
 
 bench() {
   nvidia-smi --query-gpu=name --format=csv,noheader
