@@ -237,14 +237,7 @@ impl Linear {
     /// A layer from either storage of its weight; `dtype` is the serving dtype (of the
     /// activations, the bias and LoRA slots), which a dense weight must already have.
     pub fn from_weight(weight: LinearWeight, bias: Option<Tensor>, dtype: DType) -> Result<Self> {
-        let weight = Weight::new(weight, dtype)?;
-        let out = weight.dims()?.0;
-        Ok(Self {
-            weight,
-            bias,
-            parts: vec![out],
-            lora: Vec::new(),
-        })
+        Self::from_parts(vec![weight], bias, dtype)
     }
 
     /// Loads the projections `{prefix}.weight` `[out_p, inp]` (and `{prefix}.bias` if
