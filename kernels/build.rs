@@ -1,12 +1,14 @@
-//! With the `cuda` feature, compiles kernels/*.cu to PTX with nvcc (for `sm_90`, Hopper, or
-//! `CUDA_COMPUTE_CAP` when set) into OUT_DIR, where src/cuda embeds it with `include_str!`.
+//! With the `cuda` feature, compiles kernels/*.cu with nvcc (for `sm_90`, Hopper, or
+//! `CUDA_COMPUTE_CAP` when set) into OUT_DIR, each twice: a fatbin holding the machine code
+//! (SASS) for that GPU and the PTX (which the driver compiles for any other GPU), loaded at
+//! run time; and the PTX alone, loaded only should the fatbin fail. src/cuda embeds both.
 //! Without the feature it does nothing, so CPU builds need no CUDA toolkit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Kernel sources, each compiled to `OUT_DIR/<name>.ptx`.
+/// Kernel sources, each compiled to `OUT_DIR/<name>.fatbin` and `OUT_DIR/<name>.ptx`.
 const KERNELS: [&str; 5] = [
     "reshape_and_cache",
     "paged_attention",
@@ -54,19 +56,26 @@ fn build_ptx() -> Result<(), String> {
         let src = manifest.join(format!("{name}.cu"));
         println!("cargo:rerun-if-changed={}", src.display());
         let ptx = out_dir.join(format!("{name}.ptx"));
-        let status = Command::new(&nvcc)
-            .arg("--ptx")
-            .arg(format!("-arch=compute_{arch}"))
-            .args(["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"])
-            .arg("-I")
-            .arg(&manifest)
-            .arg("-o")
-            .arg(&ptx)
-            .arg(&src)
-            .status()
-            .map_err(|e| format!("could not run {}: {e}; {FIX}", nvcc.display()))?;
-        if !status.success() {
-            return Err(format!("nvcc failed on {} ({status})", src.display()));
+        let fatbin = out_dir.join(format!("{name}.fatbin"));
+        let gencode = format!("arch=compute_{arch},code=[sm_{arch},compute_{arch}]");
+        let outputs: [(&[&str], &Path); 2] = [
+            (&["--ptx", &format!("-arch=compute_{arch}")], &ptx),
+            (&["--fatbin", "-gencode", &gencode], &fatbin),
+        ];
+        for (what, out) in outputs {
+            let status = Command::new(&nvcc)
+                .args(what)
+                .args(["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"])
+                .arg("-I")
+                .arg(&manifest)
+                .arg("-o")
+                .arg(out)
+                .arg(&src)
+                .status()
+                .map_err(|e| format!("could not run {}: {e}; {FIX}", nvcc.display()))?;
+            if !status.success() {
+                return Err(format!("nvcc failed on {} ({status})", src.display()));
+            }
         }
     }
     Ok(())

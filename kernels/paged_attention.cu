@@ -8,7 +8,9 @@
 // The host (kernels/src/cuda/attention.rs) validates the metadata and hands the kernels
 // work lists, so no kernel reads outside what the host checked:
 //   - RowItem {token, seq, key_start, key_end}: one query row attending to keys
-//     [key_start, key_end) (causal and sliding window already applied).
+//     [max(key_start, first_key(key_end - 1)), key_end): causal; the sliding window applied
+//     by the host (per-op lists) or by the kernel (a step's lists made once for every layer,
+//     key_start 0).
 //   - TileItem {q_row0, seq, rows, pos0}: `rows` (<= TILE_Q) consecutive query rows of one
 //     sequence, the first at position pos0; row r sees keys [first_key(pos0 + r), pos0 + r].
 //
@@ -57,6 +59,17 @@ __device__ __forceinline__ uint64_t slot_of(const uint32_t* table, uint32_t pos,
     return static_cast<uint64_t>(table[pos / block_size]) * block_size + pos % block_size;
 }
 
+/// First key visible from position `pos`.
+__device__ __forceinline__ uint32_t first_key(uint32_t pos, uint32_t window) {
+    return (window == 0 || pos + 1 <= window) ? 0 : pos + 1 - window;
+}
+
+/// The first key a row item attends to: its own start, or later where the window says so
+/// (items made once per step for every layer carry start 0 and leave the window to here).
+__device__ __forceinline__ uint32_t item_key_start(uint4 item, uint32_t window) {
+    return max(item.z, first_key(item.w - 1, window));
+}
+
 template <typename T>
 __device__ void rows_attention(T* __restrict__ out, float* __restrict__ part_out,
                                float* __restrict__ part_ml, const T* __restrict__ q,
@@ -71,7 +84,8 @@ __device__ void rows_attention(T* __restrict__ out, float* __restrict__ part_out
     __shared__ float l_s[HEADS_PER_BLOCK];
 
     const uint4 item = items[blockIdx.x];
-    const uint32_t token = item.x, key_start = item.z, key_end = item.w;
+    const uint32_t token = item.x, key_end = item.w;
+    const uint32_t key_start = item_key_start(item, geo.window);
     const uint32_t splits = (key_end - key_start + PARTITION - 1) / PARTITION;
     const uint32_t chunk = key_start + blockIdx.z * PARTITION;
     if (chunk >= key_end) return;  // this row has fewer partitions than the grid
@@ -164,9 +178,9 @@ template <typename T>
 __device__ void reduce_partitions(T* __restrict__ out, const float* __restrict__ part_out,
                                   const float* __restrict__ part_ml,
                                   const uint4* __restrict__ items, uint32_t max_splits,
-                                  uint32_t num_heads, uint32_t head_dim) {
+                                  uint32_t num_heads, uint32_t head_dim, uint32_t window) {
     const uint4 item = items[blockIdx.x];
-    const uint32_t splits = (item.w - item.z + PARTITION - 1) / PARTITION;
+    const uint32_t splits = (item.w - item_key_start(item, window) + PARTITION - 1) / PARTITION;
     if (splits <= 1) return;
     const uint64_t base = (static_cast<uint64_t>(blockIdx.x) * num_heads + blockIdx.y) * max_splits;
     float m = -CUDART_INF_F;
@@ -181,11 +195,6 @@ __device__ void reduce_partitions(T* __restrict__ out, const float* __restrict__
         }
         out[(static_cast<uint64_t>(item.x) * num_heads + blockIdx.y) * head_dim + d] = from_f32<T>(acc / denom);
     }
-}
-
-/// First key visible from position `pos`.
-__device__ __forceinline__ uint32_t first_key(uint32_t pos, uint32_t window) {
-    return (window == 0 || pos + 1 <= window) ? 0 : pos + 1 - window;
 }
 
 /// Prefill tile: grid (tiles, num_heads), TILE_THREADS threads. Needs 16-byte aligned q,
@@ -367,9 +376,9 @@ __device__ void tile_attention(T* __restrict__ out, const T* __restrict__ q,
     extern "C" __global__ void wick_pa_reduce_##NAME(T* out, const float* part_out,            \
                                                      const float* part_ml, const uint4* items, \
                                                      uint32_t max_splits, uint32_t num_heads,  \
-                                                     uint32_t head_dim) {                      \
+                                                     uint32_t head_dim, uint32_t window) {     \
         wick::reduce_partitions<T>(out, part_out, part_ml, items, max_splits, num_heads,       \
-                                   head_dim);                                                  \
+                                   head_dim, window);                                          \
     }
 
 WICK_ROWS(f32, float)

@@ -81,8 +81,10 @@ impl SlotMapping {
         &self.tensor
     }
 
-    /// Checks the slots against a cache of `num_slots` slots, unless already done.
-    fn check(&self, num_slots: usize) -> Result<()> {
+    /// Checks the slots as [`reshape_and_cache`] does against a cache of `num_slots` slots
+    /// (unless already done): for a caller that launches the write without the op (a CUDA
+    /// graph's replay).
+    pub fn check(&self, num_slots: usize) -> Result<()> {
         if self.checked_for.load(Ordering::Relaxed) == num_slots && num_slots > 0 {
             return Ok(());
         }

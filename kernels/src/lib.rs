@@ -25,6 +25,9 @@
 //! [`add_rms_norm`] (residual add and RMSNorm), [`silu_mul`] (the gated MLP's activation)
 //! and [`qkv_rotary`] (q/k norm, rotary embedding and the q | k | v split).
 //!
+//! [`StepGraph`] captures a step's device work once and replays it (CUDA graphs; on the
+//! CPU its twin reruns the step into the same output memory).
+//!
 //! [`QuantMatrix`] multiplies f32 activations by a GGUF block-quantized weight on the CPU
 //! for the block types whose candle CPU path is scalar (Q4_1), with AVX2 where present.
 //!
@@ -32,8 +35,9 @@
 //! or block ids out of range) is a candle error, never a panic or an out-of-bounds access.
 //!
 //! With the `cuda` feature, all also run on candle's CUDA devices: kernels/*.cu, compiled
-//! to PTX by build.rs and launched from `cuda`. The CPU implementation is the reference the
-//! CUDA kernels are tested against (tests/ops runs every test on each device present).
+//! by build.rs to fatbins (sm_90 machine code and PTX) and launched from `cuda`. The CPU
+//! implementation is the reference the CUDA kernels are tested against (tests/ops runs
+//! every test on each device present).
 
 mod attention_cpu;
 mod cache;
@@ -42,6 +46,7 @@ mod cpu_util;
 mod cuda;
 mod device_memory;
 mod fused;
+mod graph;
 mod lora;
 mod lora_cpu;
 mod paged_attention;
@@ -57,6 +62,7 @@ mod work_list;
 pub use cache::{reshape_and_cache, SlotMapping};
 pub use device_memory::{device_memory, peak_allocation, prepare_device, DeviceMemory};
 pub use fused::{add_rms_norm, qkv_rotary, silu_mul, QkNorm, QkvHeads, RotatedQkv};
+pub use graph::StepGraph;
 pub use lora::{lora_apply, LoraBatch};
 pub use paged_attention::{paged_attention, PagedAttentionMetadata};
 pub use quant::QuantMatrix;

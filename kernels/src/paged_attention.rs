@@ -15,6 +15,7 @@
 
 use crate::attention_cpu::{self, Dims, Params, Seq};
 use crate::cpu_util::{contiguous_slice, is_float, Elem};
+use crate::work_list;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
@@ -26,10 +27,25 @@ pub struct PagedAttentionMetadata {
     host: Arc<HostMetadata>,
     /// u32 `[num_seqs, width]` on the model's device.
     block_tables: Tensor,
+    /// The step's row work items on the model's device, when the caller uploaded them with
+    /// the rest of the step ([`PagedAttentionMetadata::with_row_items`]).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) row_items: Option<RowItems>,
     /// The CUDA work lists made from this metadata (one per kernel choice), shared by the
     /// layers of the step.
     #[cfg(feature = "cuda")]
     pub(crate) plans: crate::cuda::attention::PlanCache,
+}
+
+/// A step's row work items on the device (see [`PagedAttentionMetadata::row_items`]).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct RowItems {
+    /// u32 `[rows * 4]`.
+    pub items: Tensor,
+    pub rows: usize,
+    /// Partitions the row kernel's grid provides (at least what the longest row needs).
+    pub splits: usize,
 }
 
 #[derive(Debug)]
@@ -96,9 +112,63 @@ impl PagedAttentionMetadata {
                 max_seq_len,
             }),
             block_tables: block_tables_tensor,
+            row_items: None,
             #[cfg(feature = "cuda")]
             plans: Default::default(),
         })
+    }
+
+    /// The row work items of a step whose sequences all have at most 8 queries (decode
+    /// steps), as the CUDA row kernel reads them (four u32 per query row); `None` for other
+    /// steps, whose work lists depend on each layer. Made once per step for every layer, so
+    /// that a caller can upload them with the rest of the step's metadata
+    /// ([`Self::with_row_items`]) and a decode step uploads nothing else.
+    /// `cu_seqlens_q` and `seq_lens` as for [`Self::new`].
+    pub fn row_items(cu_seqlens_q: &[u32], seq_lens: &[u32]) -> Option<Vec<u32>> {
+        let rows = work_list::step_rows(cu_seqlens_q, seq_lens)?;
+        // Every value is at most a row index or a sequence length, both u32 already.
+        Some(rows.iter().flatten().map(|&x| x as u32).collect())
+    }
+
+    /// Keys of one partition of the row kernel.
+    pub const PARTITION_KEYS: usize = work_list::PARTITION;
+
+    /// Partitions of the row kernel that a context of `keys` keys spans: a step whose
+    /// longest context is `keys` needs at least this many from [`Self::with_row_items`].
+    pub fn partitions(keys: usize) -> usize {
+        work_list::partitions(keys)
+    }
+
+    /// This metadata with its row work items already on the device: `items` holds exactly
+    /// [`Self::row_items`] (u32, e.g. a view into the step's one upload), and the row
+    /// kernel's grid gets `splits` partitions (at least [`Self::partitions`] of the longest
+    /// context; more lets steps of one shape share one launch shape, as a CUDA graph needs).
+    /// Errors if the step has no row items, or on the wrong length, dtype or device.
+    pub fn with_row_items(mut self, items: Tensor, splits: usize) -> Result<Self> {
+        let Some(host) = Self::row_items(self.cu_seqlens_q(), self.seq_lens()) else {
+            bail!("paged_attention: this step has sequences of more than 8 queries: no row items");
+        };
+        if items.dims() != [host.len()] || items.dtype() != DType::U32 {
+            bail!(
+                "paged_attention: row items must be u32 [{}], got {:?} {:?}",
+                host.len(),
+                items.dtype(),
+                items.dims()
+            );
+        }
+        if !items.device().same_device(self.block_tables.device()) {
+            bail!("paged_attention: row items are on another device than the block tables");
+        }
+        let needed = Self::partitions(self.max_seq_len());
+        if splits < needed {
+            bail!("paged_attention: {splits} partitions for a context needing {needed}");
+        }
+        self.row_items = Some(RowItems {
+            items,
+            rows: host.len() / 4,
+            splits,
+        });
+        Ok(self)
     }
 
     /// Number of sequences.
@@ -279,7 +349,32 @@ pub(crate) struct PagedAttention {
 impl PagedAttention {
     /// Checks the metadata's values against `dims` and describes each sequence.
     pub(crate) fn sequences(&self, dims: &Dims) -> Result<Vec<Seq<'_>>> {
-        let host = &*self.meta.host;
+        self.meta
+            .sequences(dims.num_tokens, dims.num_blocks, dims.block_size)
+    }
+}
+
+impl PagedAttentionMetadata {
+    /// Checks the metadata's values as the op does before any kernel runs, for a step of
+    /// `num_tokens` query rows over a cache of `num_blocks` blocks of `block_size` tokens:
+    /// for a caller that launches the step's kernels without the op (a CUDA graph's
+    /// replay), so that nothing runs on metadata the op would refuse.
+    pub fn check(&self, num_tokens: usize, num_blocks: usize, block_size: usize) -> Result<()> {
+        if block_size == 0 {
+            bail!("paged_attention: block_size must be positive");
+        }
+        self.sequences(num_tokens, num_blocks, block_size)
+            .map(|_| ())
+    }
+
+    /// Checks the metadata's values (see [`Self::check`]) and describes each sequence.
+    pub(crate) fn sequences(
+        &self,
+        num_tokens: usize,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Vec<Seq<'_>>> {
+        let host = &*self.host;
         let (block_tables, width) = (&host.block_tables, host.width);
         let (cu_seqlens_q, seq_lens) = (&host.cu_seqlens_q, &host.seq_lens);
         if cu_seqlens_q.first().copied().unwrap_or(0) != 0 {
@@ -288,10 +383,10 @@ impl PagedAttention {
         let mut seqs = Vec::with_capacity(seq_lens.len());
         for (s, (&seq_len, w)) in seq_lens.iter().zip(cu_seqlens_q.windows(2)).enumerate() {
             let (q_start, q_end, seq_len) = (w[0] as usize, w[1] as usize, seq_len as usize);
-            if q_end < q_start || q_end > dims.num_tokens {
+            if q_end < q_start || q_end > num_tokens {
                 bail!(
                     "paged_attention: seq {s}: rows {q_start}..{q_end}: not a range within q's {}",
-                    dims.num_tokens
+                    num_tokens
                 );
             }
             let q_len = q_end - q_start;
@@ -300,17 +395,15 @@ impl PagedAttention {
                     "paged_attention: seq {s} has {q_len} queries but a context of only {seq_len}"
                 );
             }
-            let num_blocks = seq_len.div_ceil(dims.block_size);
-            if num_blocks > width {
-                bail!(
-                    "paged_attention: seq {s} needs {num_blocks} blocks, its table row has {width}"
-                );
+            let needed = seq_len.div_ceil(block_size);
+            if needed > width {
+                bail!("paged_attention: seq {s} needs {needed} blocks, its table row has {width}");
             }
-            let blocks = &block_tables[s * width..s * width + num_blocks];
-            if let Some(b) = blocks.iter().find(|&&b| b as usize >= dims.num_blocks) {
+            let blocks = &block_tables[s * width..s * width + needed];
+            if let Some(b) = blocks.iter().find(|&&b| b as usize >= num_blocks) {
                 bail!(
                     "paged_attention: seq {s} uses block {b}, the cache has {} blocks",
-                    dims.num_blocks
+                    num_blocks
                 );
             }
             seqs.push(Seq {

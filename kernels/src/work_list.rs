@@ -58,6 +58,38 @@ impl WorkList {
     }
 }
 
+/// A step's row items made once, for every layer whatever its sliding window: one
+/// `[token, seq, 0, pos + 1]` per query row, the kernel applying the window
+/// ([`item_key_start`]). `None` unless every sequence goes to the row kernel (at most
+/// [`ROWS_MAX_Q`] queries each: decode steps), since the tile choice depends on the layer's
+/// dtype. `cu_seqlens_q` and `seq_lens` as in the metadata (lengths already checked).
+pub(crate) fn step_rows(cu_seqlens_q: &[u32], seq_lens: &[u32]) -> Option<Vec<[usize; 4]>> {
+    let mut rows = Vec::with_capacity(seq_lens.len());
+    for (s, (w, &seq_len)) in cu_seqlens_q.windows(2).zip(seq_lens).enumerate() {
+        let (start, end, seq_len) = (w[0] as usize, w[1] as usize, seq_len as usize);
+        let q_len = end.checked_sub(start)?;
+        if q_len > ROWS_MAX_Q || q_len > seq_len {
+            return None;
+        }
+        for j in 0..q_len {
+            rows.push([start + j, s, 0, seq_len - q_len + j + 1]);
+        }
+    }
+    Some(rows)
+}
+
+/// Partitions of [`PARTITION`] keys that a context of `keys` keys spans (at least 1).
+pub(crate) fn partitions(keys: usize) -> usize {
+    keys.div_ceil(PARTITION).max(1)
+}
+
+/// The first key a row item attends to under `params`' window: the kernel's
+/// `item_key_start` (kernels/paged_attention.cu), mirrored for the tests.
+#[cfg(test)]
+pub(crate) fn item_key_start(item: &[usize; 4], params: &Params) -> usize {
+    item[2].max(params.first_key(item[3] - 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +159,34 @@ mod tests {
                 check(&mixed, window, tiled);
             }
         }
+    }
+
+    #[test]
+    fn step_rows_with_the_window_applied_by_the_kernel_equal_each_layers_rows() {
+        let specs = [(1, 1), (37, 1), (300, 8), (1100, 1), (5, 3)];
+        let seqs = seqs(&specs);
+        let cu: Vec<u32> = std::iter::once(0)
+            .chain(seqs.iter().map(|s| (s.q_start + s.q_len) as u32))
+            .collect();
+        let lens: Vec<u32> = specs.iter().map(|s| s.0 as u32).collect();
+        let step = step_rows(&cu, &lens).unwrap();
+        for window in [None, Some(1), Some(16), Some(300)] {
+            let params = Params {
+                softmax_scale: 1.0,
+                sliding_window: window,
+            };
+            let layer = check(&specs, window, true);
+            assert!(layer.tiles.is_empty());
+            let applied: Vec<[usize; 4]> = (step.iter())
+                .map(|i| [i[0], i[1], item_key_start(i, &params), i[3]])
+                .collect();
+            assert_eq!(applied, layer.rows, "window {window:?}");
+            // The step's partitions bound every layer's.
+            assert!(partitions(1100) >= layer.max_splits);
+        }
+        // A sequence of more than ROWS_MAX_Q queries needs the layer's own plan.
+        assert_eq!(step_rows(&[0, 9], &[9]), None);
+        assert_eq!(step_rows(&[0, 2], &[1]), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! (padding) would otherwise stay unwritten, and each
 //! sequence's result depends only on that sequence (batch invariance).
 
-use super::{aligned16, as_u32, view, PAGED_ATTENTION_PTX};
+use super::{aligned16, as_u32, view};
 use crate::attention_cpu::Dims;
 use crate::paged_attention::PagedAttention;
 use crate::work_list::WorkList;
@@ -24,7 +24,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
-use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage};
+use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// Query heads of one kv head that one row-kernel block serves.
@@ -33,8 +33,6 @@ const HEADS_PER_BLOCK: usize = 8;
 const MAX_HEAD_DIM: usize = 256;
 /// Threads per block of every attention kernel.
 const THREADS: u32 = 128;
-/// Name under which the module is cached on each device.
-const MODULE: &str = "wick_paged_attention";
 
 /// Shapes and scalars of every attention kernel; matches `wick::Geometry` in the .cu file.
 #[repr(C)]
@@ -54,8 +52,9 @@ unsafe impl DeviceRepr for Geometry {}
 
 /// One step's work lists on the GPU, four u32 per item (see the .cu file).
 struct Plan {
-    /// `{token, seq, key_start, key_end}` per query row for the row kernel.
-    rows: Option<CudaSlice<u32>>,
+    /// `{token, seq, key_start, key_end}` per query row for the row kernel: u32
+    /// `[num_rows * 4]`, uploaded with the step's metadata or by [`make_plan`].
+    rows: Option<Tensor>,
     num_rows: u32,
     /// Most partitions any row needs (grid z of the row kernel).
     max_splits: u32,
@@ -136,6 +135,17 @@ fn plan(
         window: op.params.sliding_window,
         tiled,
     };
+    if let Some(preset) = &op.meta.row_items {
+        // Made and uploaded with the step (every sequence a row: the same for every layer
+        // and dtype); its launch shape depends only on the step's shape.
+        return Ok(Arc::new(Plan {
+            rows: Some(preset.items.clone()),
+            num_rows: as_u32(preset.rows, "query rows")?,
+            max_splits: as_u32(preset.splits, "partitions")?,
+            tiles: None,
+            num_tiles: 0,
+        }));
+    }
     let Ok(mut plans) = op.meta.plans.0.lock() else {
         bail!("paged_attention: the metadata's plan cache was poisoned");
     };
@@ -165,20 +175,30 @@ fn make_plan(
             op.meta.max_seq_len()
         );
     }
-    let upload = |items: &[[usize; 4]]| -> Result<Option<CudaSlice<u32>>> {
-        if items.is_empty() {
-            return Ok(None);
+    // Every value is at most num_tokens, num_seqs or max_seq_len, checked to fit in u32.
+    let flat =
+        |items: &[[usize; 4]]| -> Vec<u32> { items.iter().flatten().map(|&x| x as u32).collect() };
+    let rows = match list.rows.is_empty() {
+        true => None,
+        false => {
+            let device = candle_core::Device::Cuda(dev.clone());
+            Some(Tensor::from_vec(
+                flat(&list.rows),
+                list.rows.len() * 4,
+                &device,
+            )?)
         }
-        // Every value is at most num_tokens, num_seqs or max_seq_len, checked to fit in u32.
-        let items: Vec<u32> = items.iter().flatten().map(|&x| x as u32).collect();
-        Ok(Some(dev.clone_htod(&items)?))
+    };
+    let tiles = match list.tiles.is_empty() {
+        true => None,
+        false => Some(dev.clone_htod(&flat(&list.tiles))?),
     };
     Ok(Plan {
         num_rows: as_u32(list.rows.len(), "query rows")?,
         num_tiles: as_u32(list.tiles.len(), "query tiles")?,
         max_splits: max_splits as u32,
-        rows: upload(&list.rows)?,
-        tiles: upload(&list.tiles)?,
+        rows,
+        tiles,
     })
 }
 
@@ -226,7 +246,12 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     };
     let block = (THREADS, 1, 1);
 
-    if let Some(items) = &plan.rows {
+    if let Some(rows) = &plan.rows {
+        let (rows_storage, rows_l) = rows.storage_and_layout();
+        let Storage::Cuda(rows_storage) = &*rows_storage else {
+            bail!("paged_attention: row items must be on the GPU like q");
+        };
+        let items = &view::<u32>(rows_storage, rows_l, "row items")?;
         let splits = plan.max_splits as usize;
         let parts = if splits > 1 {
             plan.num_rows as usize * dims.num_heads * splits
@@ -243,10 +268,10 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
         };
         let subgroups = dims.num_heads / dims.num_kv_heads;
         let subgroups = subgroups.div_ceil(HEADS_PER_BLOCK);
-        let func = dev.get_or_load_custom_func(
+        let func = super::kernel(
+            &dev,
+            &super::PAGED_ATTENTION,
             &format!("wick_pa_rows_{name}"),
-            MODULE,
-            PAGED_ATTENTION_PTX,
         )?;
         let cfg = LaunchConfig {
             grid_dim: (
@@ -275,10 +300,10 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             unsafe { b.launch(cfg) }.w()?;
         }
         if splits > 1 {
-            let func = dev.get_or_load_custom_func(
+            let func = super::kernel(
+                &dev,
+                &super::PAGED_ATTENTION,
                 &format!("wick_pa_reduce_{name}"),
-                MODULE,
-                PAGED_ATTENTION_PTX,
             )?;
             let cfg = LaunchConfig {
                 grid_dim: (plan.num_rows, geo.num_heads, 1),
@@ -293,6 +318,7 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             b.arg(&plan.max_splits);
             b.arg(&geo.num_heads);
             b.arg(&geo.head_dim);
+            b.arg(&geo.window);
             // SAFETY: arguments match `wick_pa_reduce_*`; it reads the partials the row
             // kernel above wrote, on the same stream.
             unsafe { b.launch(cfg) }.w()?;
@@ -300,10 +326,10 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     }
 
     if let Some(items) = &plan.tiles {
-        let func = dev.get_or_load_custom_func(
+        let func = super::kernel(
+            &dev,
+            &super::PAGED_ATTENTION,
             &format!("wick_pa_tile_{name}_hd{}", dims.head_dim),
-            MODULE,
-            PAGED_ATTENTION_PTX,
         )?;
         let cfg = LaunchConfig {
             grid_dim: (plan.num_tiles, geo.num_heads, 1),

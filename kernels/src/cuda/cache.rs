@@ -2,7 +2,7 @@
 //! kernels/reshape_and_cache.cu, one launch for keys and values. The slots were checked on
 //! the host from the [`crate::SlotMapping`]'s host copy; nothing is read back.
 
-use super::{as_u32, view, RESHAPE_AND_CACHE_PTX};
+use super::{as_u32, view};
 use crate::cache::WriteCache;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
@@ -51,10 +51,10 @@ fn copy<T: CudaDType>(
         bail!("reshape_and_cache: storage sizes disagree with the shapes checked");
     }
     let dev = cache.device.clone();
-    let func = dev.get_or_load_custom_func(
+    let func = super::kernel(
+        &dev,
+        &super::RESHAPE_AND_CACHE,
         &format!("wick_reshape_and_cache_{width}"),
-        "wick_reshape_and_cache",
-        RESHAPE_AND_CACHE_PTX,
     )?;
     let src = view::<T>(rows.0, rows.1, "kv")?;
     let slot_view = view::<u32>(slots.0, slots.1, "slot_mapping")?;

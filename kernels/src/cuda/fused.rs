@@ -4,7 +4,7 @@
 //! kernels' u32 arithmetic. Every output element is written by the kernels, so outputs are
 //! allocated uninitialised.
 
-use super::{as_u32, view, FUSED_PTX};
+use super::{as_u32, view};
 use crate::fused::{AddRmsNorm, QkvRotary, SiluMul};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
@@ -17,8 +17,6 @@ const THREADS: u32 = 256;
 const QKV_WARPS: u32 = 4;
 /// Largest grid y dimension CUDA allows.
 const MAX_GRID_Y: usize = 65_535;
-/// Name under which the module is cached on each device.
-const MODULE: &str = "wick_fused";
 
 /// Shapes of a q/k/v row; matches `wick::QkvGeometry` in the .cu file.
 #[repr(C)]
@@ -86,8 +84,7 @@ fn add_rms_norm_t<T: CudaDType + DeviceRepr>(
         return Ok(CudaStorage::wrap_cuda_slice(out, dev));
     }
     let name = suffix(x.0.dtype(), "add_rms_norm")?;
-    let func =
-        dev.get_or_load_custom_func(&format!("wick_add_rms_norm_{name}"), MODULE, FUSED_PTX)?;
+    let func = super::kernel(&dev, &super::FUSED, &format!("wick_add_rms_norm_{name}"))?;
     let (xv, rv, wv) = (
         view::<T>(x.0, x.1, "x")?,
         view::<T>(r.0, r.1, "residual")?,
@@ -141,7 +138,7 @@ fn silu_mul_t<T: CudaDType + DeviceRepr>(
         bail!("silu_mul: inner = {inner} is too large for the CUDA kernel");
     }
     let name = suffix(gu.0.dtype(), "silu_mul")?;
-    let func = dev.get_or_load_custom_func(&format!("wick_silu_mul_{name}"), MODULE, FUSED_PTX)?;
+    let func = super::kernel(&dev, &super::FUSED, &format!("wick_silu_mul_{name}"))?;
     let guv = view::<T>(gu.0, gu.1, "gate_up")?;
     let (tokens, inner32) = (as_u32(n, "tokens")?, as_u32(inner, "inner")?);
     let cfg = LaunchConfig {
@@ -201,8 +198,7 @@ fn qkv_rotary_t<T: CudaDType + DeviceRepr>(
         bail!("qkv_rotary: {total} heads is too many for the CUDA kernel");
     }
     let name = suffix(qkv.0.dtype(), "qkv_rotary")?;
-    let func =
-        dev.get_or_load_custom_func(&format!("wick_qkv_rotary_{name}"), MODULE, FUSED_PTX)?;
+    let func = super::kernel(&dev, &super::FUSED, &format!("wick_qkv_rotary_{name}"))?;
     let geo = QkvGeometry {
         tokens: as_u32(n, "tokens")?,
         num_heads: as_u32(h.num_heads, "num_heads")?,

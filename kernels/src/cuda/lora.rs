@@ -7,7 +7,7 @@
 //! the stacks; the batch's table holds only checked slots. Sizes are checked here to fit
 //! the kernels' u32 arithmetic and grid limits.
 
-use super::{as_u32, view, LORA_PTX};
+use super::{as_u32, view};
 use crate::lora::LoraApply;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
@@ -20,8 +20,6 @@ const THREADS: u32 = 128;
 const WARPS: u32 = THREADS / 32;
 /// Largest grid y dimension CUDA allows.
 const MAX_GRID_Y: usize = 65_535;
-/// Name under which the module is cached on each device.
-const MODULE: &str = "wick_lora";
 
 /// Shapes of one application; matches `wick::LoraGeometry` in the .cu file.
 #[repr(C)]
@@ -117,8 +115,7 @@ fn launch<T: CudaDType + DeviceRepr>(
     // thread writes its element on every path.
     let mut out = unsafe { dev.alloc::<T>(d.num_tokens * d.out_dim)? };
     {
-        let func =
-            dev.get_or_load_custom_func(&format!("wick_lora_shrink_{name}"), MODULE, LORA_PTX)?;
+        let func = super::kernel(&dev, &super::LORA, &format!("wick_lora_shrink_{name}"))?;
         let cfg = LaunchConfig {
             grid_dim: (geo.num_tokens, rank_blocks as u32, 1),
             block_dim: (THREADS, 1, 1),
@@ -135,8 +132,7 @@ fn launch<T: CudaDType + DeviceRepr>(
         // kernel skips table entries outside num_slots and max_rank.
         unsafe { builder.launch(cfg) }.w()?;
     }
-    let func =
-        dev.get_or_load_custom_func(&format!("wick_lora_expand_{name}"), MODULE, LORA_PTX)?;
+    let func = super::kernel(&dev, &super::LORA, &format!("wick_lora_expand_{name}"))?;
     let cfg = LaunchConfig {
         grid_dim: (geo.num_tokens, out_blocks as u32, 1),
         block_dim: (THREADS, 1, 1),

@@ -1,6 +1,6 @@
-//! The CUDA side of wick-kernels (feature `cuda`): the PTX that build.rs compiled from
-//! kernels/*.cu, embedded in the library, and its launch through candle's `CudaDevice`
-//! (cudarc). Each op's `cuda_fwd` lands here; the op's public function has already checked
+//! The CUDA side of wick-kernels (feature `cuda`): the fatbins (`sm_90` machine code and
+//! PTX) that build.rs compiled from kernels/*.cu, embedded in the library, loaded once per
+//! device ([`kernel`]) and launched on candle's `CudaDevice` stream (cudarc). Each op's `cuda_fwd` lands here; the op's public function has already checked
 //! shapes, dtypes and devices exactly as for the CPU.
 //!
 //! Metadata values (slots, block tables, sequence lengths) are checked on the host, as on
@@ -13,30 +13,90 @@
 pub(crate) mod attention;
 pub(crate) mod cache;
 pub(crate) mod fused;
+pub(crate) mod graph;
 pub(crate) mod lora;
 pub(crate) mod memory;
 pub(crate) mod sampling;
 
-use candle_core::cuda_backend::cudarc::driver::CudaView;
-use candle_core::cuda_backend::CudaDType;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaModule, CudaStream, CudaView, LaunchArgs,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// kernels/reshape_and_cache.cu as PTX.
-pub(crate) const RESHAPE_AND_CACHE_PTX: &str =
-    include_str!(concat!(env!("OUT_DIR"), "/reshape_and_cache.ptx"));
+/// One of kernels/*.cu as build.rs compiled it: a fatbin holding `sm_XX` machine code
+/// (SASS) for the build's compute capability (90: Hopper) and its PTX, and the PTX alone.
+pub(crate) struct KernelModule {
+    /// Name of the module (the .cu file's, prefixed `wick_`).
+    pub name: &'static str,
+    fatbin: &'static [u8],
+    ptx: &'static str,
+}
 
-/// kernels/lora.cu as PTX.
-pub(crate) const LORA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora.ptx"));
+macro_rules! kernel_module {
+    ($konst:ident, $file:literal) => {
+        #[doc = concat!("kernels/", $file, ".cu as built.")]
+        pub(crate) const $konst: KernelModule = KernelModule {
+            name: concat!("wick_", $file),
+            fatbin: include_bytes!(concat!(env!("OUT_DIR"), "/", $file, ".fatbin")),
+            ptx: include_str!(concat!(env!("OUT_DIR"), "/", $file, ".ptx")),
+        };
+    };
+}
+kernel_module!(RESHAPE_AND_CACHE, "reshape_and_cache");
+kernel_module!(LORA, "lora");
+kernel_module!(SAMPLING, "sampling");
+kernel_module!(FUSED, "fused");
+kernel_module!(PAGED_ATTENTION, "paged_attention");
 
-/// kernels/sampling.cu as PTX.
-pub(crate) const SAMPLING_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sampling.ptx"));
+/// A kernel loaded on a device, launched on that device's stream.
+pub(crate) struct Kernel {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
 
-/// kernels/fused.cu as PTX.
-pub(crate) const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+impl Kernel {
+    /// A launch of the kernel on the device's stream.
+    pub(crate) fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
+}
 
-/// kernels/paged_attention.cu as PTX.
-pub(crate) const PAGED_ATTENTION_PTX: &str =
-    include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
+/// Modules loaded so far, by device.
+type Loaded = HashMap<(DeviceId, &'static str), Arc<CudaModule>>;
+static LOADED: OnceLock<Mutex<Loaded>> = OnceLock::new();
+
+/// Kernel `name` of `module` on `dev`. The module is loaded once per device, from its
+/// fatbin: the driver runs the `sm_90` machine code on Hopper with no JIT compile at start,
+/// and compiles the fatbin's PTX on any other GPU. Should the fatbin not load, the PTX is
+/// loaded instead (with a warning).
+pub(crate) fn kernel(dev: &CudaDevice, module: &KernelModule, name: &str) -> Result<Kernel> {
+    let Ok(mut loaded) = LOADED.get_or_init(Default::default).lock() else {
+        bail!("the CUDA module cache was poisoned");
+    };
+    let stream = dev.cuda_stream();
+    let key = (dev.id(), module.name);
+    let cuda_module = match loaded.get(&key) {
+        Some(m) => m.clone(),
+        None => {
+            let ctx = stream.context();
+            let m = match ctx.load_module(Ptx::from_binary(module.fatbin.to_vec())) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(module = module.name, error = %e, "fatbin did not load; loading its PTX");
+                    ctx.load_module(Ptx::from_src(module.ptx)).w()?
+                }
+            };
+            loaded.insert(key, m.clone());
+            m
+        }
+    };
+    let func = cuda_module.load_function(name).w()?;
+    Ok(Kernel { func, stream })
+}
 
 /// The elements of a contiguous GPU tensor given as storage and layout.
 pub(crate) fn view<'a, T: CudaDType>(

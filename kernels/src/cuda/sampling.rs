@@ -5,7 +5,7 @@
 //! The public function has checked the logits' shape and dtype against the batch, and the
 //! batch checked every entry's token against the vocabulary when it was built.
 
-use super::{as_u32, view, SAMPLING_PTX};
+use super::{as_u32, view};
 use crate::sampling::{SampledToken, SamplingBatch, MAX_TOP_LOGPROBS};
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
@@ -13,8 +13,6 @@ use candle_core::{CudaStorage, Layout, Result};
 
 /// Threads per block; matches `wick::SAMPLE_THREADS`.
 const THREADS: u32 = 1024;
-/// Name under which the module is cached on each device.
-const MODULE: &str = "wick_sampling";
 
 /// One row's parameters as the kernel reads them; laid out as `wick::SampleRow`.
 #[repr(C)]
@@ -119,7 +117,7 @@ pub(crate) fn sample(
     let mut out_top_id = unsafe { dev.alloc::<u32>(n * MAX_TOP_LOGPROBS)? };
     let mut out_top_lp = unsafe { dev.alloc::<f32>(n * MAX_TOP_LOGPROBS)? };
 
-    let func = dev.get_or_load_custom_func("wick_sample", MODULE, SAMPLING_PTX)?;
+    let func = super::kernel(&dev, &super::SAMPLING, "wick_sample")?;
     let cfg = LaunchConfig {
         grid_dim: (num_rows, 1, 1),
         block_dim: (THREADS, 1, 1),
