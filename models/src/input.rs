@@ -7,9 +7,16 @@
 //! logits rows) is packed on the host into one u32 vector and written by one copy into an
 //! [`InputBuffer`]: persistent device memory that a server reuses step after step (grown
 //! when a step needs more), so a step allocates no device memory for its metadata and
-//! makes one host-to-device copy of it. The pieces are views into that memory.
-//! (Still uploaded on their own: a step's LoRA slot table, built with the model's adapter
-//! ranks, and the attention op's work lists, made from the host copies on first use.)
+//! makes one host-to-device copy of it. The pieces are views into that memory. A decode
+//! step's attention work lists travel in the same copy; a step with prefills has the
+//! attention op make its lists per layer (they depend on the layer's dtype). Still
+//! uploaded on its own: a step's LoRA slot table, built with the model's adapter ranks.
+//!
+//! A decode step can also be laid out in a fixed [`GraphShape`] ([`ModelInput::build_padded`]):
+//! padded with dummy sequences to a bucket's number of rows, block tables of a fixed width
+//! and a fixed number of attention partitions, so that every step of one shape has the same
+//! sizes, the same launch shapes and its pieces at the same places: what a CUDA graph
+//! captured from one step needs to replay another.
 
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
@@ -45,6 +52,26 @@ impl InputBuffer {
         self.allocations.load(Ordering::Relaxed)
     }
 
+    /// Allocates memory on `device` for steps of up to `len` packed values now (see
+    /// [`ModelInput::packed_len`]), so that no step of a server allocates for its metadata;
+    /// nothing when the buffer already has that much there.
+    pub fn reserve(&self, len: usize, device: &Device) -> Result<()> {
+        let mut current = match self.current.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let fits = (current.as_ref())
+            .is_some_and(|l| l.tensor.elem_count() >= len && l.tensor.device().same_device(device));
+        if !fits {
+            self.allocations.fetch_add(1, Ordering::Relaxed);
+            *current = Some(Lent {
+                tensor: Tensor::zeros(len.max(1), DType::U32, device)?,
+                lease: Arc::new(()),
+            });
+        }
+        Ok(())
+    }
+
     /// Writes `data` (one copy) into memory on `device` of at least its length; returns
     /// the tensor, whose first `data.len()` elements hold it, and the lease to keep.
     fn write(&self, data: &[u32], device: &Device) -> Result<(Tensor, Arc<()>)> {
@@ -63,7 +90,8 @@ impl InputBuffer {
                 lease: l.lease.clone(),
             },
             None => {
-                // Room for growth: the next steps of a growing batch fit.
+                // Room for growth: the next steps of a growing batch fit (a server reserves its
+                // largest step at start instead).
                 let len = data.len().next_power_of_two().max(256);
                 self.allocations.fetch_add(1, Ordering::Relaxed);
                 Lent {
@@ -76,6 +104,51 @@ impl InputBuffer {
         let out = (lent.tensor.clone(), lent.lease.clone());
         *current = Some(lent);
         Ok(out)
+    }
+}
+
+/// The fixed shape of a padded decode step ([`ModelInput::build_padded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GraphShape {
+    /// Rows (sequences, one token each), real and dummy.
+    pub seqs: usize,
+    /// Partitions of the attention row kernel's grid (see
+    /// [`PagedAttentionMetadata::partitions`]): a power of two.
+    pub partitions: usize,
+    /// Entries of every block table row: the blocks of the context those partitions span.
+    pub table_width: usize,
+}
+
+/// Batch sizes a padded decode step is rounded up to (vLLM's capture sizes up to 256).
+pub const GRAPH_BATCH_SIZES: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+impl GraphShape {
+    /// The shape a decode step of `chunks` over `block_size`-token blocks is padded to:
+    /// the smallest batch size of [`GRAPH_BATCH_SIZES`] that holds them, and the
+    /// partitions of the longest context rounded up to a power of two, with block tables
+    /// as wide as that context needs. So a server meets at most 9 batch sizes times one
+    /// partition count per doubling of its context. `None` when the step is not a decode
+    /// step a graph can serve: empty, a sequence with other than one token or without a
+    /// sampled row or with an adapter, or more sequences than the largest size.
+    pub fn for_decode(chunks: &[SequenceChunk<'_>], block_size: usize) -> Option<Self> {
+        let seqs = *GRAPH_BATCH_SIZES.iter().find(|&&b| b >= chunks.len())?;
+        let mut longest = 0;
+        for c in chunks {
+            if c.tokens.len() != 1 || !c.sample || c.lora_slot.is_some() {
+                return None;
+            }
+            longest = longest.max(c.num_computed_tokens + 1);
+        }
+        if chunks.is_empty() || block_size == 0 {
+            return None;
+        }
+        let partitions = PagedAttentionMetadata::partitions(longest).next_power_of_two();
+        let keys = partitions * PagedAttentionMetadata::PARTITION_KEYS;
+        Some(Self {
+            seqs,
+            partitions,
+            table_width: keys.div_ceil(block_size),
+        })
     }
 }
 
@@ -119,11 +192,22 @@ pub struct ModelInput {
     /// Each token's adapter slot (-1: none), on the host; empty when no sequence uses an
     /// adapter.
     pub lora_slots: Vec<i32>,
-    /// Held while the input lives: its device pieces are views into an [`InputBuffer`].
+    /// The padded decode shape it was laid out in ([`ModelInput::build_padded`]); `None`
+    /// for a step laid out as it is.
+    pub graph_shape: Option<GraphShape>,
+    /// Held while the input lives: the buffer does not rewrite its memory meanwhile.
     _lease: Arc<()>,
 }
 
 impl ModelInput {
+    /// The most u32 values a step of up to `max_tokens` tokens in `max_seqs` sequences
+    /// whose block tables have up to `max_table_width` entries packs into its upload (the
+    /// size to [`InputBuffer::reserve`]).
+    pub fn packed_len(max_tokens: usize, max_seqs: usize, max_table_width: usize) -> usize {
+        // ids, positions, slots, row items (4 per token); block tables; logits rows.
+        7 * max_tokens + max_seqs * max_table_width.max(1) + max_seqs
+    }
+
     /// Lays out `chunks` for a cache of `block_size`-token blocks on `device`, in device
     /// memory of its own (see [`ModelInput::build_in`] for a server's steps).
     pub fn build(chunks: &[SequenceChunk<'_>], block_size: usize, device: &Device) -> Result<Self> {
@@ -137,6 +221,58 @@ impl ModelInput {
         chunks: &[SequenceChunk<'_>],
         block_size: usize,
         device: &Device,
+    ) -> Result<Self> {
+        Self::build_with(buffer, chunks, block_size, device, None)
+    }
+
+    /// Lays out the decode step `chunks` in `shape` (see [`GraphShape::for_decode`]),
+    /// written by one copy into `buffer`: after the real sequences come dummy ones (token
+    /// 0 at position 0, block table all block 0, no cache write) up to `shape.seqs`, each
+    /// with a logits row (ignored by the caller: the real sequences' rows come first and
+    /// are the same as unpadded, rows being independent). Steps of one shape built in one
+    /// buffer put every piece at the same offset of the same memory (while no earlier
+    /// input is alive: see [`InputBuffer`]). Errors if `chunks` do not fit `shape`.
+    pub fn build_padded(
+        buffer: &InputBuffer,
+        chunks: &[SequenceChunk<'_>],
+        block_size: usize,
+        device: &Device,
+        shape: GraphShape,
+    ) -> Result<Self> {
+        if GraphShape::for_decode(chunks, block_size)
+            .is_none_or(|s| s.seqs > shape.seqs || s.partitions > shape.partitions)
+        {
+            return Err(ModelError::invalid(
+                "batch",
+                format!("this step does not fit the padded decode shape {shape:?}"),
+            ));
+        }
+        let dummy = SequenceChunk {
+            tokens: &[0],
+            num_computed_tokens: 0,
+            block_table: &[0],
+            lora_slot: None,
+            sample: true,
+        };
+        let mut padded = chunks.to_vec();
+        padded.resize(shape.seqs, dummy);
+        Self::build_with(
+            buffer,
+            &padded,
+            block_size,
+            device,
+            Some((shape, chunks.len())),
+        )
+    }
+
+    /// [`Self::build_in`], or with `padded = Some((shape, real))` the layout of
+    /// [`Self::build_padded`] where `chunks[real..]` are the dummy sequences.
+    fn build_with(
+        buffer: &InputBuffer,
+        chunks: &[SequenceChunk<'_>],
+        block_size: usize,
+        device: &Device,
+        padded: Option<(GraphShape, usize)>,
     ) -> Result<Self> {
         if chunks.is_empty() {
             return Err(ModelError::invalid("batch", "no sequences"));
@@ -153,12 +289,13 @@ impl ModelInput {
         let mut logits_indices = Vec::with_capacity(chunks.len());
         let any_lora = chunks.iter().any(|c| c.lora_slot.is_some());
         let mut lora_slots = Vec::with_capacity(if any_lora { num_tokens } else { 0 });
-        let max_blocks = chunks
-            .iter()
-            .map(|c| c.block_table.len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let max_blocks = match padded {
+            Some((shape, _)) => shape.table_width,
+            None => (chunks.iter().map(|c| c.block_table.len()).max())
+                .unwrap_or(0)
+                .max(1),
+        };
+        let real = padded.map_or(chunks.len(), |(_, real)| real);
         let mut block_tables = vec![0u32; chunks.len() * max_blocks];
         cu_seqlens_q.push(0u32);
         for (s, c) in chunks.iter().enumerate() {
@@ -184,14 +321,27 @@ impl ModelInput {
                 input_ids.push(tok);
                 positions.push(pos as u32);
                 let block = c.block_table[pos / block_size] as i64;
-                slot_mapping.push(block * block_size as i64 + (pos % block_size) as i64);
+                slot_mapping.push(match s < real {
+                    true => block * block_size as i64 + (pos % block_size) as i64,
+                    false => -1, // a dummy sequence writes nothing
+                });
             }
             if any_lora {
                 let slot = c.lora_slot.map_or(-1, |s| s as i32);
                 lora_slots.extend(std::iter::repeat_n(slot, c.tokens.len()));
             }
-            block_tables[s * max_blocks..s * max_blocks + c.block_table.len()]
-                .copy_from_slice(c.block_table);
+            // A padded row keeps the blocks its context needs (later ones are never read).
+            let used = c.block_table.len().min(max_blocks);
+            if used < seq_len.div_ceil(block_size) {
+                return Err(ModelError::invalid(
+                    "batch",
+                    format!(
+                        "sequence {s}: {seq_len} tokens exceed the padded table of {used} blocks"
+                    ),
+                ));
+            }
+            block_tables[s * max_blocks..s * max_blocks + used]
+                .copy_from_slice(&c.block_table[..used]);
             let end = input_ids.len() as u32;
             cu_seqlens_q.push(end);
             seq_lens.push(seq_len as u32);
@@ -201,7 +351,10 @@ impl ModelInput {
         }
         let num_seqs = chunks.len();
         let num_sampled = logits_indices.len();
-        // One upload: [ids | positions | slots | block tables | logits rows].
+        // A decode step's attention work lists (none for a step with prefills).
+        let row_items = PagedAttentionMetadata::row_items(&cu_seqlens_q, &seq_lens);
+        let row_items = row_items.unwrap_or_default();
+        // One upload: [ids | positions | slots | block tables | logits rows | row items].
         let device_slots = SlotMapping::device_slots(&slot_mapping)?;
         let lens = [
             num_tokens,
@@ -209,6 +362,7 @@ impl ModelInput {
             num_tokens,
             block_tables.len(),
             num_sampled,
+            row_items.len(),
         ];
         let mut packed = Vec::with_capacity(lens.iter().sum());
         for piece in [
@@ -217,6 +371,7 @@ impl ModelInput {
             &device_slots,
             &block_tables,
             &logits_indices,
+            &row_items,
         ] {
             packed.extend_from_slice(piece);
         }
@@ -227,24 +382,33 @@ impl ModelInput {
             pieces.push(memory.narrow(0, start, len)?);
             start += len;
         }
-        let [ids_t, positions_t, slots_t, tables_t, logits_t] = <[Tensor; 5]>::try_from(pieces)
-            .map_err(|_| ModelError::invalid("batch", "five pieces"))?;
+        let [ids_t, positions_t, slots_t, tables_t, logits_t, rows_t] =
+            <[Tensor; 6]>::try_from(pieces).map_err(|_| ModelError::invalid("batch", "pieces"))?;
+        let mut attention = PagedAttentionMetadata::from_parts(
+            block_tables,
+            max_blocks,
+            cu_seqlens_q,
+            seq_lens,
+            tables_t.reshape((num_seqs, max_blocks))?,
+        )?;
+        if !row_items.is_empty() {
+            let partitions = match padded {
+                Some((shape, _)) => shape.partitions,
+                None => PagedAttentionMetadata::partitions(attention.max_seq_len()),
+            };
+            attention = attention.with_row_items(rows_t, partitions)?;
+        }
         Ok(Self {
             input_ids: ids_t,
             positions: positions_t,
             slot_mapping: SlotMapping::from_parts(slot_mapping, slots_t)?,
-            attention: PagedAttentionMetadata::from_parts(
-                block_tables,
-                max_blocks,
-                cu_seqlens_q,
-                seq_lens,
-                tables_t.reshape((num_seqs, max_blocks))?,
-            )?,
+            attention,
             logits_indices: logits_t,
             num_sampled,
             num_seqs,
             num_tokens,
             lora_slots,
+            graph_shape: padded.map(|(shape, _)| shape),
             _lease: lease,
         })
     }
@@ -317,5 +481,100 @@ mod tests {
         let mapping = SlotMapping::device_slots(&[5, -1]).unwrap();
         assert_eq!(mapping, [5, u32::MAX]);
         assert!(SlotMapping::device_slots(&[-2]).is_err());
+    }
+
+    #[test]
+    fn memory_reserved_for_the_largest_step_serves_every_step() {
+        let dev = Device::Cpu;
+        let buffer = InputBuffer::new();
+        // Up to 300 tokens in up to 4 sequences of up to 75 blocks.
+        buffer
+            .reserve(ModelInput::packed_len(300, 4, 75), &dev)
+            .unwrap();
+        buffer.reserve(10, &dev).unwrap(); // already there: nothing allocated
+        assert_eq!(buffer.allocations(), 1);
+        let long: Vec<u32> = (0..297).collect();
+        let table: Vec<u32> = (0..75).collect();
+        let (one, short) = ([5], [6, 7]);
+        let chunks = [
+            chunk(&long, &table, true),
+            chunk(&one, &[75], true),
+            chunk(&short, &[76], false),
+        ];
+        for step in [&chunks[..], &chunks[1..2]] {
+            let input = ModelInput::build_in(&buffer, step, 4, &dev).unwrap();
+            assert_eq!(input.num_seqs, step.len());
+        }
+        assert_eq!(buffer.allocations(), 1);
+    }
+
+    #[test]
+    fn a_padded_decode_step_has_dummy_rows_after_the_real_ones() {
+        let dev = Device::Cpu;
+        let (a, b): (&'static [u32], &'static [u32]) = (&[11], &[12]);
+        let decode = |tokens: &'static [u32], computed, table: &'static [u32]| SequenceChunk {
+            tokens,
+            num_computed_tokens: computed,
+            block_table: table,
+            lora_slot: None,
+            sample: true,
+        };
+        let chunks = [decode(a, 5, &[3, 4]), decode(b, 0, &[9])];
+        // Shapes: batch sizes round up; partitions and table width follow the longest context.
+        let shape = GraphShape::for_decode(&chunks, 4).unwrap();
+        let want = GraphShape {
+            seqs: 2,
+            partitions: 1,
+            table_width: 64,
+        };
+        assert_eq!(shape, want);
+        let three = [chunks[0].clone(), chunks[1].clone(), chunks[1].clone()];
+        assert_eq!(GraphShape::for_decode(&three, 4).map(|s| s.seqs), Some(4));
+        let deep = [decode(a, 600, &[0; 151])];
+        let deep = GraphShape::for_decode(&deep, 4).unwrap();
+        assert_eq!((deep.partitions, deep.table_width), (4, 256));
+        let not_decode = [
+            chunk(&[1, 2], &[0], true),
+            chunk(&[1], &[0], false),
+            SequenceChunk {
+                lora_slot: Some(0),
+                ..chunk(&[1], &[0], true)
+            },
+        ];
+        for c in not_decode {
+            assert_eq!(GraphShape::for_decode(&[c], 4), None);
+        }
+        let many = vec![chunks[1].clone(); 257];
+        assert_eq!(GraphShape::for_decode(&many, 4), None);
+
+        let buffer = InputBuffer::new();
+        let four = GraphShape { seqs: 4, ..shape };
+        let input = ModelInput::build_padded(&buffer, &chunks, 4, &dev, four).unwrap();
+        assert_eq!(
+            (input.num_seqs, input.num_tokens, input.num_sampled),
+            (4, 4, 4)
+        );
+        assert_eq!(ids(&input), [11, 12, 0, 0]);
+        assert_eq!(input.positions.to_vec1::<u32>().unwrap(), [5, 0, 0, 0]);
+        let slots = input.slot_mapping.tensor().to_vec1::<u32>().unwrap();
+        assert_eq!(slots, [4 * 4 + 1, 9 * 4, u32::MAX, u32::MAX]);
+        assert_eq!(input.attention.block_table(0)[..3], [3, 4, 0]);
+        assert_eq!(input.attention.block_table(3), &[0; 64][..]);
+        assert_eq!(input.attention.seq_lens(), [6, 1, 1, 1]);
+        assert_eq!(input.logits_indices.to_vec1::<u32>().unwrap(), [0, 1, 2, 3]);
+        assert_eq!(input.graph_shape, Some(four));
+        // A step built while the previous input lives gets other memory (a graph
+        // captured over the first would read stale values: the runner recaptures).
+        assert_eq!(buffer.allocations(), 1);
+        let next = ModelInput::build_padded(&buffer, &chunks[..1], 4, &dev, four).unwrap();
+        assert_eq!(buffer.allocations(), 2);
+        drop((input, next));
+        for step in [&chunks[..1], &chunks[..]] {
+            ModelInput::build_padded(&buffer, step, 4, &dev, four).unwrap();
+        }
+        assert_eq!(buffer.allocations(), 2);
+        // Refused: a step the shape cannot hold.
+        let one = GraphShape { seqs: 1, ..shape };
+        assert!(ModelInput::build_padded(&buffer, &chunks, 4, &dev, one).is_err());
     }
 }

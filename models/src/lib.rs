@@ -36,7 +36,7 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
-pub use input::{InputBuffer, ModelInput, SequenceChunk};
+pub use input::{GraphShape, InputBuffer, ModelInput, SequenceChunk, GRAPH_BATCH_SIZES};
 pub use kv_cache::{KvCache, DEFAULT_BLOCK_SIZE};
 pub use loader::{load, LoadOptions, LoadedModel, SpecialTokens};
 pub use lora::{LoraAdapter, LoraModule};

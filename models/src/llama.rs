@@ -178,9 +178,9 @@ impl LlamaModel {
         &self.device
     }
 
-    /// Runs one step over `input`, writing its K/V into `cache`; returns f32 logits
-    /// `[num_sampled, vocab]`, for the last token of each sequence to sample.
-    pub fn forward(&self, input: &ModelInput, cache: &mut KvCache) -> Result<Tensor> {
+    /// Checks `input` against the model and `cache` as a forward pass does before it
+    /// runs anything (see [`crate::Model::check_input`]).
+    pub fn check_input(&self, input: &ModelInput, cache: &KvCache) -> Result<()> {
         if cache.layers.len() != self.layers.len() {
             return Err(ModelError::invalid(
                 "KV cache",
@@ -201,6 +201,17 @@ impl LlamaModel {
                 ),
             ));
         }
+        input
+            .slot_mapping
+            .check(cache.num_blocks * cache.block_size)?;
+        (input.attention).check(input.num_tokens, cache.num_blocks, cache.block_size)?;
+        Ok(())
+    }
+
+    /// Runs one step over `input`, writing its K/V into `cache`; returns f32 logits
+    /// `[num_sampled, vocab]`, for the last token of each sequence to sample.
+    pub fn forward(&self, input: &ModelInput, cache: &mut KvCache) -> Result<Tensor> {
+        self.check_input(input, cache)?;
         let rotary = self.rotary.at(&input.positions)?;
         let lora = if input.lora_slots.is_empty() {
             None

@@ -94,6 +94,15 @@ impl Model {
         }
     }
 
+    /// Checks `input` against the model and `cache` as [`Self::forward`] does before it runs
+    /// anything (context length, cache slots, block tables): for a caller that replays a
+    /// captured step instead of calling `forward`.
+    pub fn check_input(&self, input: &ModelInput, cache: &KvCache) -> Result<()> {
+        match self {
+            Self::Llama(m) => m.check_input(input, cache),
+        }
+    }
+
     /// Runs one step over `input` (a flattened ragged batch of prefill chunks and decode
     /// tokens), writing its K/V into `cache`; returns f32 logits `[num_sampled, vocab]`:
     /// one row per sequence with [`crate::SequenceChunk::sample`], in batch order, for

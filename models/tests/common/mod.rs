@@ -48,6 +48,20 @@ impl Seq {
 /// `chunk` tokens. Sequences may start with `computed > 0` when their first blocks are
 /// shared with (and already filled by) another sequence.
 pub fn run_batch(model: &Model, cache: &mut KvCache, seqs: &mut [Seq], chunk: usize, eos: u32) {
+    let build = |chunks: &[SequenceChunk], bs: usize| ModelInput::build(chunks, bs, model.device());
+    run_batch_laid_out(model, cache, seqs, chunk, eos, build);
+}
+
+/// [`run_batch`] with each step's input laid out by `build(chunks, block_size)`; logits
+/// rows past the sampled sequences' (a padded step's dummy rows) are ignored.
+pub fn run_batch_laid_out(
+    model: &Model,
+    cache: &mut KvCache,
+    seqs: &mut [Seq],
+    chunk: usize,
+    eos: u32,
+    build: impl Fn(&[SequenceChunk], usize) -> wick_models::Result<ModelInput>,
+) {
     loop {
         let active: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].done(eos)).collect();
         if active.is_empty() {
@@ -73,9 +87,11 @@ pub fn run_batch(model: &Model, cache: &mut KvCache, seqs: &mut [Seq], chunk: us
                 sample: end == seqs[i].tokens.len(),
             })
             .collect();
-        let input = ModelInput::build(&chunks, cache.block_size, model.device()).unwrap();
+        let input = build(&chunks, cache.block_size).unwrap();
         let logits = model.forward(&input, cache).unwrap();
-        let lp: Vec<Vec<f32>> = if logits.dim(0).unwrap() == 0 {
+        let sampled = chunks.iter().filter(|c| c.sample).count();
+        let logits = logits.narrow(0, 0, sampled).unwrap();
+        let lp: Vec<Vec<f32>> = if sampled == 0 {
             vec![] // every chunk mid-prompt: no logits rows
         } else {
             log_softmax(&logits).unwrap().to_vec2().unwrap()
