@@ -5,6 +5,12 @@
   compare MODEL WICK_PREFIX OUT  wick's dumped logits (examples/logits_dump) against
                                  transformers' on the same weights, teacher-forced
   bench MODEL PROMPT_LEN DECODE  the same prefill/decode measurement through transformers
+  greedy URL OUT                 greedy completions from a running `wick serve`: 8 prompts
+                                 one at a time, then one request of n=3 (a decode batch of 3)
+  same-greedy A B                two `greedy` results: the one-at-a-time completions must be
+                                 identical (batch size 1: the same kernels with or without a
+                                 graph); the n=3 ones are reported (cuBLAS may pick another
+                                 kernel for a padded batch, so bf16 roundings may differ)
 """
 import json
 import sys
@@ -141,6 +147,34 @@ def bench(model_dir, prompt_len, decode):
           f"decode_tok_per_s(incl. prefill)={decode / total:.1f}")
 
 
+def greedy(url, out_path):
+    import urllib.request
+
+    def complete(prompt, n):
+        body = json.dumps({"prompt": prompt, "max_tokens": 64, "temperature": 0, "n": n,
+                           "ignore_eos": True}).encode()
+        req = urllib.request.Request(url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return [c["text"] for c in json.load(r)["choices"]]
+
+    prompts = [f"Prompt number {i}: " + "lorem ipsum " * (3 * i + 1) for i in range(8)]
+    result = {"alone": [complete(p, 1)[0] for p in prompts], "n3": complete(prompts[0], 3)}
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def same_greedy(a_path, b_path):
+    a, b = (json.load(open(p)) for p in (a_path, b_path))
+    for x, y in zip(a["n3"], b["n3"]):
+        common = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        print(f"n=3 completion: {common} of {len(x)} characters agree")
+    diff = [i for i, (x, y) in enumerate(zip(a["alone"], b["alone"])) if x != y]
+    print(f"one at a time: {8 - len(diff)} of 8 identical")
+    if diff:
+        sys.exit(f"completions {diff} differ")
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "make-model":
@@ -149,5 +183,9 @@ if __name__ == "__main__":
         compare(*args)
     elif cmd == "bench":
         bench(args[0], int(args[1]), int(args[2]))
+    elif cmd == "greedy":
+        greedy(*args)
+    elif cmd == "same-greedy":
+        same_greedy(*args)
     else:
         sys.exit(__doc__)

@@ -9,12 +9,15 @@
 #   4. wick's logits (ragged batch, chunked prefill + decode; bf16 and f32) against
 #      transformers' on the same weights and GPU, teacher-forced on wick's greedy tokens;
 #   5. `wick serve` sizing its KV cache from the GPU's memory (no --kv-cache-memory);
-#   6. a short benchmark (prefill and single-stream decode, examples/forward_bench).
+#   6. a short benchmark (prefill and single-stream decode, examples/forward_bench);
+#   7. `wick serve` without and with --cuda-graphs: greedy completions compared, then
+#      `wick bench` at 32 concurrent streams on each, and the graph counters of /metrics.
 # Writes logs and results under $OUT (default ./gpu-out), with summary.txt listing each
 # step as ok/FAILED; keeps going after a failed step, and each step has a time limit (a
 # hang costs that step, not the GPU time of the rest). Exits non-zero if any step failed.
-# Nothing reaches a hub (HF_HUB_OFFLINE=1); the driver's JIT cache of wick's PTX lives in
-# the work directory, so it compiles once per machine.
+# Nothing reaches a hub (HF_HUB_OFFLINE=1). wick's kernels travel as sm_90 machine code
+# (fatbins); candle's travel as PTX, which the driver compiles into a JIT cache kept in the
+# work directory, so once per machine.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT="${OUT:-$root/gpu-out}"
@@ -148,6 +151,40 @@ bench() {
 export -f bench
 export root model
 step bench 300 bash -c bench
+
+# Decode steps as CUDA graphs: the same greedy completions as eager steps (one at a time),
+# graphs actually replayed (/metrics), and throughput at 32 streams side by side.
+cuda_graphs() {
+  local mode pid url=http://127.0.0.1:18412 rc=0
+  for mode in eager graphs; do
+    local flags=()
+    [ "$mode" = graphs ] && flags=(--cuda-graphs)
+    "$bin/wick" serve --model "$model" --port 18412 --max-model-len 4096 \
+      --kv-cache-memory 8GiB "${flags[@]}" >"$OUT/cuda-graphs-$mode-serve.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 240); do
+      python3 -c "import urllib.request as u; u.urlopen('$url/ready', timeout=2)" 2>/dev/null && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 1
+    done
+    python3 "$root/scripts/gpu-check.py" greedy "$url" "$OUT/greedy-$mode.json" || rc=1
+    "$bin/wick" bench --url "$url" --input-len 256 --output-len 128 --concurrency 32 \
+      --num-requests 128 --tokenizer none --json "$OUT/bench-$mode.json" || rc=1
+    python3 -c "import urllib.request as u; print(u.urlopen('$url/metrics').read().decode())" \
+      >"$OUT/metrics-$mode.txt" || rc=1
+    grep -E "^wick:engine_graph|^wick:engine_step_phase_duration_seconds_(sum|count)" \
+      "$OUT/metrics-$mode.txt" || true
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  done
+  grep -E "captured|graphs off|cannot capture" "$OUT/cuda-graphs-graphs-serve.log" | head -20 || true
+  python3 "$root/scripts/gpu-check.py" same-greedy "$OUT/greedy-eager.json" "$OUT/greedy-graphs.json" || rc=1
+  grep -q "graphs off" "$OUT/cuda-graphs-graphs-serve.log" && { echo "capture failed: graphs were turned off"; rc=1; }
+  grep -qE '^wick:engine_graph_steps_total\{[^}]*\} [1-9]' "$OUT/metrics-graphs.txt" \
+    || { echo "no step ran through a graph"; rc=1; }
+  return $rc
+}
+export -f cuda_graphs
+step cuda-graphs 420 bash -c cuda_graphs
 
 echo "results in $OUT"
 cat "$summary"

@@ -10,48 +10,14 @@ mod common;
 
 use candle_core::DType;
 
-use common::wait_for;
-use wick_core::{FinishReason, RequestMetrics, SamplingParams, TokenEvent};
+use common::{collect, wait_for, Collected};
+use wick_core::{FinishReason, SamplingParams, TokenEvent};
 use wick_engine::{EngineConfig, EngineHandle, EngineRequest, RequestStream};
 
 use wick_test_support::{assert_ids_match_golden, golden_cases, load_smollm2};
 
 fn start(config: impl FnOnce(usize) -> EngineConfig) -> EngineHandle {
     common::start_loaded(load_smollm2(DType::F32), config)
-}
-
-/// Everything one request's stream carried.
-#[derive(Debug, Default)]
-struct Collected {
-    tokens: Vec<Vec<u32>>,
-    finish: Vec<Option<FinishReason>>,
-    metrics: Option<RequestMetrics>,
-}
-
-fn collect(mut stream: RequestStream, n: usize) -> Collected {
-    let mut c = Collected {
-        tokens: vec![vec![]; n],
-        finish: vec![None; n],
-        metrics: None,
-    };
-    while let Some(ev) = stream.blocking_next() {
-        match ev {
-            TokenEvent::Token {
-                index,
-                id,
-                finish_reason,
-                ..
-            } => {
-                c.tokens[index].push(id);
-                if finish_reason.is_some() {
-                    c.finish[index] = finish_reason;
-                }
-            }
-            TokenEvent::Finished(m) => c.metrics = Some(m),
-            TokenEvent::Error(e) => panic!("request failed: {e}"),
-        }
-    }
-    c
 }
 
 /// Waits (bounded) until the engine reports `done`.

@@ -293,6 +293,16 @@ impl Metrics {
              requested logprobs; counted on a CPU too)",
             ConstCounter::new(stats.device_to_host_bytes),
         );
+        r.register(
+            "wick:engine_graph_steps",
+            "Engine steps run through a captured decode graph (--cuda-graphs)",
+            ConstCounter::new(stats.graph_steps),
+        );
+        r.register(
+            "wick:engine_graph_shapes",
+            "Decode step shapes (batch size, context bucket) captured as graphs",
+            ConstGauge::new(i64::try_from(stats.graph_shapes).unwrap_or(i64::MAX)),
+        );
         if let Some(t) = stats.last_step_unix_s {
             r.register(
                 "wick:engine_last_step_timestamp_seconds",

@@ -117,6 +117,12 @@ pub struct ServeArgs {
     /// Turn off automatic prefix caching.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Capture decode steps as CUDA graphs (per batch size bucket 1..256 and context
+    /// length bucket, on first use) and replay them. Off by default until a GPU run proves
+    /// it. On the CPU the steps are padded and rerun as the graphs would replay them (for
+    /// tests; no speedup).
+    #[arg(long)]
+    pub cuda_graphs: bool,
     /// LoRA adapters served beside the base model, as `name=path` (a local PEFT
     /// directory or a hub id); requests pick one by `model`. Several may follow the flag.
     #[arg(long, num_args = 1.., value_parser = parse_lora_module)]
@@ -439,6 +445,7 @@ fn engine_config(
         gpu_memory_utilization: args.gpu_memory_utilization,
         max_model_len: args.max_model_len,
         enable_prefix_caching: !args.no_prefix_caching,
+        cuda_graphs: args.cuda_graphs,
         // Slots only when adapters can be served: an unused LoRA costs nothing.
         max_loras: if args.lora_modules.is_empty() && !args.enable_lora_runtime_updates {
             0

@@ -529,6 +529,8 @@ impl EngineLoop {
                 step_duration: self.timing.step_duration.clone(),
                 step_phase_duration: self.timing.phase_duration.clone(),
                 device_to_host_bytes: self.timing.device_to_host_bytes,
+                graph_steps: self.runner.graph_steps(),
+                graph_shapes: self.runner.graph_shapes().len(),
                 last_step_unix_s: self.last_step_unix_s,
                 running_loras,
                 waiting_loras,

@@ -171,6 +171,18 @@ impl EngineHandle {
         let kv_cache_bytes = num_blocks * KvCache::bytes_per_block(&cfg, block_size, model.dtype());
         let weight_bytes = model.weight_bytes().to_string();
         let mut runner = ModelRunner::new(model, cache);
+        if config.cuda_graphs {
+            runner.enable_graphs();
+            match on_cpu {
+                true => tracing::info!(
+                    "graphs on the CPU: decode steps are padded and rerun as a CUDA graph \
+                     would replay them (for tests; no speedup)"
+                ),
+                false => {
+                    tracing::info!("CUDA graphs on: decode steps captured per shape on first use")
+                }
+            }
+        }
         let max_num_batched_tokens = match config.max_num_batched_tokens {
             Some(n) => n,
             None if on_cpu => {
@@ -197,6 +209,9 @@ impl EngineHandle {
             long_prefill_token_threshold: None,
             max_loras: config.max_loras,
         })?;
+        runner
+            .reserve_inputs(max_num_batched_tokens, config.max_num_seqs, max_model_len)
+            .map_err(|e| WickError::internal(format!("cannot allocate step inputs: {e}")))?;
         let info = Arc::new(EngineInfo {
             max_model_len,
             vocab_size: cfg.vocab_size,

@@ -57,6 +57,8 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Reuse full KV blocks across requests by prefix hash.
     pub enable_prefix_caching: bool,
+    /// Capture decode steps as CUDA graphs and replay them (see [`crate::runner`]).
+    pub cuda_graphs: bool,
     /// LoRA adapters resident in the model at once (its adapter slots); 0: LoRA off.
     pub max_loras: usize,
     /// Highest adapter rank accepted.
@@ -80,6 +82,7 @@ impl Default for EngineConfig {
             gpu_memory_utilization: DEFAULT_GPU_MEMORY_UTILIZATION,
             max_model_len: None,
             enable_prefix_caching: true,
+            cuda_graphs: false,
             max_loras: 0,
             max_lora_rank: 64,
             stall_timeout: Duration::from_secs(60),
@@ -362,6 +365,10 @@ pub struct EngineStats {
     /// Bytes the steps read back from the model's device (sampled token ids and the
     /// logprobs asked for; counted on the CPU too, as what would cross from a GPU).
     pub device_to_host_bytes: u64,
+    /// Steps that ran through a captured decode graph (its capture or a replay).
+    pub graph_steps: u64,
+    /// Decode shapes captured as graphs (see [`crate::runner`]).
+    pub graph_shapes: usize,
     /// When the last step finished, seconds since the Unix epoch; `None` before any.
     pub last_step_unix_s: Option<f64>,
     /// Names of the LoRA adapters of running sequences.

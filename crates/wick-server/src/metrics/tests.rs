@@ -133,6 +133,8 @@ const NEW_FAMILIES: &[(&str, &str, &[&str])] = &[
         "counter",
         &["model_name"],
     ),
+    ("wick:engine_graph_steps_total", "counter", &["model_name"]),
+    ("wick:engine_graph_shapes", "gauge", &["model_name"]),
 ];
 
 #[derive(Debug, Default)]
@@ -344,6 +346,8 @@ fn each_step_phase_is_a_labelled_histogram() {
         .step_phase_duration
         .observe(StepPhase::Schedule, 0.00003);
     stats.device_to_host_bytes = 4096;
+    stats.graph_steps = 7;
+    stats.graph_shapes = 2;
     let text = Metrics::new("smol").render(&stats, Some(&EngineHealth::Healthy));
     for line in [
         "wick:engine_step_phase_duration_seconds_bucket{model_name=\"smol\",phase=\"forward\",le=\"0.025\"} 1",
@@ -352,6 +356,8 @@ fn each_step_phase_is_a_labelled_histogram() {
         "wick:engine_step_phase_duration_seconds_bucket{model_name=\"smol\",phase=\"schedule\",le=\"0.0001\"} 1",
         "wick:engine_step_phase_duration_seconds_count{model_name=\"smol\",phase=\"sample\"} 0",
         "wick:engine_device_to_host_bytes_total{model_name=\"smol\"} 4096",
+        "wick:engine_graph_steps_total{model_name=\"smol\"} 7",
+        "wick:engine_graph_shapes{model_name=\"smol\"} 2",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
     }
