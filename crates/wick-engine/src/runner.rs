@@ -108,8 +108,18 @@ impl ModelRunner {
     /// Lays `seqs` out as one model input on the model's device, written by one copy into
     /// the runner's persistent input memory. Only sequences with `sample` set get a logits
     /// row; a prompt chunk mid-way never reaches `lm_head`. With graphs on, a decode step
-    /// is padded to its shape, in that shape's memory.
+    /// is padded to its shape, in that shape's memory. Its logits (from [`Self::forward`])
+    /// then live in memory the next step through a graph rewrites: sample them first.
     pub fn prepare(&mut self, seqs: &[&ScheduledSeq]) -> wick_models::Result<ModelInput> {
+        self.prepare_as(seqs, self.graphs.is_some())
+    }
+
+    /// [`Self::prepare`], through graphs only if `graphs`.
+    fn prepare_as(
+        &mut self,
+        seqs: &[&ScheduledSeq],
+        graphs: bool,
+    ) -> wick_models::Result<ModelInput> {
         let chunks: Vec<SequenceChunk<'_>> = seqs
             .iter()
             .map(|s| SequenceChunk {
@@ -121,7 +131,7 @@ impl ModelRunner {
             })
             .collect();
         let (block_size, device) = (self.cache.block_size, self.model.device());
-        if let Some(graphs) = &mut self.graphs {
+        if let Some(graphs) = self.graphs.as_mut().filter(|_| graphs) {
             if let Some(shape) = GraphShape::for_decode(&chunks, block_size) {
                 let graph = graphs.entry(shape).or_default();
                 return ModelInput::build_padded(&graph.inputs, &chunks, block_size, device, shape);
@@ -211,9 +221,12 @@ impl ModelRunner {
         Ok(wick_kernels::sample(&step.logits, batch)?)
     }
 
-    /// [`Self::prepare`] and [`Self::forward`] in one call.
+    /// [`Self::prepare`] and [`Self::forward`] in one call, never through a graph: its
+    /// caller may hold several results at once (the engine's one-by-one retry of a failed
+    /// batch), which graphs' shared output memory would overwrite; and a step that failed
+    /// in a graph is retried without one.
     pub fn run(&mut self, seqs: &[&ScheduledSeq]) -> wick_models::Result<StepLogits> {
-        let input = self.prepare(seqs)?;
+        let input = self.prepare_as(seqs, false)?;
         self.forward(seqs, &input)
     }
 

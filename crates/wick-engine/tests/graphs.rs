@@ -55,3 +55,69 @@ fn golden_cases_with_graphs_on_pad_capture_and_replay_decode_steps() {
     }
     engine.shutdown();
 }
+
+/// Greedy tokens of every row of `step`.
+fn greedy(step: &wick_engine::runner::StepLogits) -> Vec<u32> {
+    let mut batch = wick_kernels::SamplingBatch::new(step.vocab());
+    for _ in step.rows() {
+        batch
+            .push(wick_kernels::RowParams::greedy(), Default::default())
+            .unwrap();
+    }
+    let drawn = wick_engine::runner::ModelRunner::sample(step, &batch).unwrap();
+    drawn.iter().map(|d| d.token).collect()
+}
+
+#[test]
+fn results_held_at_once_never_share_a_graphs_memory() {
+    // The engine's one-by-one retry holds several `run` results before sampling them; they
+    // must not come from graphs (whose results of one batch size share memory).
+    use wick_engine::kv::SeqId;
+    use wick_engine::runner::ModelRunner;
+    use wick_engine::scheduler::ScheduledSeq;
+    let loaded = load_smollm2(DType::F32);
+    let cfg = loaded.model.config().clone();
+    let cache = wick_models::KvCache::new(&cfg, 16, 64, DType::F32, loaded.model.device()).unwrap();
+    let mut runner = ModelRunner::new(loaded.model, cache);
+    runner.enable_graphs();
+    let cases = golden_cases();
+    let seq = |i: usize, tokens: Vec<u32>, computed: usize| ScheduledSeq {
+        seq: SeqId {
+            request: wick_core::RequestId(i as u64),
+            index: 0,
+        },
+        token_ids: tokens,
+        num_computed_tokens: computed,
+        block_table: (16 * i as u32..16 * i as u32 + 16).collect(),
+        sample: true,
+        lora_slot: None,
+    };
+    // Two prompts prefilled, then one decode step each, held at once.
+    let prompts = [&cases[0].prompt_token_ids, &cases[1].prompt_token_ids];
+    let first: Vec<u32> = (0..2)
+        .map(|i| greedy(&runner.run(&[&seq(i, prompts[i].clone(), 0)]).unwrap())[0])
+        .collect();
+    let decode: Vec<ScheduledSeq> = (0..2)
+        .map(|i| seq(i, vec![first[i]], prompts[i].len()))
+        .collect();
+    let held: Vec<_> = decode.iter().map(|s| runner.run(&[s]).unwrap()).collect();
+    let held: Vec<u32> = held.iter().map(|h| greedy(h)[0]).collect();
+    assert_eq!(runner.graph_steps(), 0, "run never goes through a graph");
+    // The same steps through prepare + forward (graphs), each sampled at once.
+    let mut through_graphs = vec![];
+    for s in &decode {
+        let input = runner.prepare(&[s]).unwrap();
+        assert!(input.graph_shape.is_some());
+        through_graphs.push(greedy(&runner.forward(&[s], &input).unwrap())[0]);
+    }
+    assert_eq!(runner.graph_steps(), 2);
+    assert_eq!(held, through_graphs);
+    for (i, case) in cases[..2].iter().enumerate() {
+        assert_eq!(
+            &[first[i], held[i]][..],
+            &case.output_token_ids[..2],
+            "{}",
+            case.id
+        );
+    }
+}
