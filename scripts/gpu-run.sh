@@ -174,6 +174,9 @@ cuda_graphs() {
       >"$OUT/metrics-$mode.txt" || rc=1
     grep -E "^wick:engine_graph|^wick:engine_step_phase_duration_seconds_(sum|count)" \
       "$OUT/metrics-$mode.txt" || true
+    # Graphs keep memory of their own (their allocations' pool): compare with eager.
+    echo "$mode: GPU memory used after the run:"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
   done
   grep -E "captured|graphs off|cannot capture" "$OUT/cuda-graphs-graphs-serve.log" | head -20 || true
