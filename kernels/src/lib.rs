@@ -64,7 +64,7 @@ pub use device_memory::{device_memory, peak_allocation, prepare_device, DeviceMe
 pub use fused::{add_rms_norm, qkv_rotary, silu_mul, QkNorm, QkvHeads, RotatedQkv};
 pub use graph::StepGraph;
 pub use lora::{lora_apply, LoraBatch};
-pub use paged_attention::{paged_attention, PagedAttentionMetadata};
+pub use paged_attention::{paged_attention, PagedAttentionMetadata, WorkLists};
 pub use quant::QuantMatrix;
 pub use sampling::{sample, RowEdits, RowParams, SampledToken, SamplingBatch, MAX_TOP_LOGPROBS};
 pub use upload::write_u32;

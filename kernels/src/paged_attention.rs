@@ -27,23 +27,40 @@ pub struct PagedAttentionMetadata {
     host: Arc<HostMetadata>,
     /// u32 `[num_seqs, width]` on the model's device.
     block_tables: Tensor,
-    /// The step's row work items on the model's device, when the caller uploaded them with
-    /// the rest of the step ([`PagedAttentionMetadata::with_row_items`]).
+    /// The step's work lists on the model's device, when the caller uploaded them with the
+    /// rest of the step ([`PagedAttentionMetadata::with_work_lists`]).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) row_items: Option<RowItems>,
+    pub(crate) lists: Option<DeviceWorkLists>,
     /// The CUDA work lists made from this metadata (one per kernel choice), shared by the
     /// layers of the step.
     #[cfg(feature = "cuda")]
     pub(crate) plans: crate::cuda::attention::PlanCache,
 }
 
-/// A step's row work items on the device (see [`PagedAttentionMetadata::row_items`]).
+/// A step's work lists made once for every layer ([`PagedAttentionMetadata::work_lists`]),
+/// four u32 per item as the CUDA kernels read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkLists {
+    /// One item per query row: first the rows of sequences with at most 8 queries
+    /// (`short_rows` of them), then every row of the longer sequences.
+    pub rows: Vec<u32>,
+    /// Number of leading row items that belong to sequences of at most 8 queries.
+    pub short_rows: usize,
+    /// The longer sequences' rows as tiles of up to 64 rows.
+    pub tiles: Vec<u32>,
+}
+
+/// A step's work lists on the device (see [`PagedAttentionMetadata::with_work_lists`]).
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) struct RowItems {
-    /// u32 `[rows * 4]`.
-    pub items: Tensor,
-    pub rows: usize,
+pub(crate) struct DeviceWorkLists {
+    /// u32 `[rows * 4]`, the short rows first.
+    pub rows: Tensor,
+    pub num_rows: usize,
+    pub short_rows: usize,
+    /// u32 `[tiles * 4]`.
+    pub tiles: Tensor,
+    pub num_tiles: usize,
     /// Partitions the row kernel's grid provides (at least what the longest row needs).
     pub splits: usize,
 }
@@ -112,60 +129,72 @@ impl PagedAttentionMetadata {
                 max_seq_len,
             }),
             block_tables: block_tables_tensor,
-            row_items: None,
+            lists: None,
             #[cfg(feature = "cuda")]
             plans: Default::default(),
         })
     }
 
-    /// The row work items of a step whose sequences all have at most 8 queries (decode
-    /// steps), as the CUDA row kernel reads them (four u32 per query row); `None` for other
-    /// steps, whose work lists depend on each layer. Made once per step for every layer, so
-    /// that a caller can upload them with the rest of the step's metadata
-    /// ([`Self::with_row_items`]) and a decode step uploads nothing else.
-    /// `cu_seqlens_q` and `seq_lens` as for [`Self::new`].
-    pub fn row_items(cu_seqlens_q: &[u32], seq_lens: &[u32]) -> Option<Vec<u32>> {
-        let rows = work_list::step_rows(cu_seqlens_q, seq_lens)?;
-        // Every value is at most a row index or a sequence length, both u32 already.
-        Some(rows.iter().flatten().map(|&x| x as u32).collect())
+    /// The work lists of a step, as the CUDA kernels read them, made once for every layer
+    /// (whatever its sliding window, which the kernels apply, and whether it takes tiles,
+    /// which depends on its dtype): so that a caller can upload them with the rest of the
+    /// step's metadata ([`Self::with_work_lists`]) and the op uploads nothing.
+    /// `cu_seqlens_q` and `seq_lens` as for [`Self::new`]; lengths the op would refuse give
+    /// empty lists.
+    pub fn work_lists(cu_seqlens_q: &[u32], seq_lens: &[u32]) -> WorkLists {
+        let Some((rows, short_rows, tiles)) = work_list::step_lists(cu_seqlens_q, seq_lens) else {
+            return WorkLists::default();
+        };
+        // Every value is at most a row index, a sequence index or a sequence length: u32.
+        let flat = |items: Vec<[usize; 4]>| items.iter().flatten().map(|&x| x as u32).collect();
+        WorkLists {
+            rows: flat(rows),
+            short_rows,
+            tiles: flat(tiles),
+        }
     }
 
     /// Keys of one partition of the row kernel.
     pub const PARTITION_KEYS: usize = work_list::PARTITION;
 
     /// Partitions of the row kernel that a context of `keys` keys spans: a step whose
-    /// longest context is `keys` needs at least this many from [`Self::with_row_items`].
+    /// longest context is `keys` needs at least this many from [`Self::with_work_lists`].
     pub fn partitions(keys: usize) -> usize {
         work_list::partitions(keys)
     }
 
-    /// This metadata with its row work items already on the device: `items` holds exactly
-    /// [`Self::row_items`] (u32, e.g. a view into the step's one upload), and the row
-    /// kernel's grid gets `splits` partitions (at least [`Self::partitions`] of the longest
-    /// context; more lets steps of one shape share one launch shape, as a CUDA graph needs).
-    /// Errors if the step has no row items, or on the wrong length, dtype or device.
-    pub fn with_row_items(mut self, items: Tensor, splits: usize) -> Result<Self> {
-        let Some(host) = Self::row_items(self.cu_seqlens_q(), self.seq_lens()) else {
-            bail!("paged_attention: this step has sequences of more than 8 queries: no row items");
-        };
-        if items.dims() != [host.len()] || items.dtype() != DType::U32 {
-            bail!(
-                "paged_attention: row items must be u32 [{}], got {:?} {:?}",
-                host.len(),
-                items.dtype(),
-                items.dims()
-            );
-        }
-        if !items.device().same_device(self.block_tables.device()) {
-            bail!("paged_attention: row items are on another device than the block tables");
+    /// This metadata with its work lists already on the device: `rows` and `tiles` hold
+    /// exactly [`Self::work_lists`]' (u32, e.g. views into the step's one upload), and the
+    /// row kernel's grid gets `splits` partitions (at least [`Self::partitions`] of the
+    /// longest context; more lets steps of one shape share one launch shape, as a CUDA
+    /// graph needs). Errors on the wrong lengths, dtypes or devices, or too few partitions.
+    pub fn with_work_lists(mut self, rows: Tensor, tiles: Tensor, splits: usize) -> Result<Self> {
+        let host = Self::work_lists(self.cu_seqlens_q(), self.seq_lens());
+        for (what, t, len) in [
+            ("row items", &rows, host.rows.len()),
+            ("tiles", &tiles, host.tiles.len()),
+        ] {
+            if t.dims() != [len] || t.dtype() != DType::U32 {
+                bail!(
+                    "paged_attention: {what} must be u32 [{len}], got {:?} {:?}",
+                    t.dtype(),
+                    t.dims()
+                );
+            }
+            if !t.device().same_device(self.block_tables.device()) {
+                bail!("paged_attention: {what} are on another device than the block tables");
+            }
         }
         let needed = Self::partitions(self.max_seq_len());
         if splits < needed {
             bail!("paged_attention: {splits} partitions for a context needing {needed}");
         }
-        self.row_items = Some(RowItems {
-            items,
-            rows: host.len() / 4,
+        self.lists = Some(DeviceWorkLists {
+            rows,
+            num_rows: host.rows.len() / 4,
+            short_rows: host.short_rows,
+            tiles,
+            num_tiles: host.tiles.len() / 4,
             splits,
         });
         Ok(self)

@@ -58,24 +58,38 @@ impl WorkList {
     }
 }
 
-/// A step's row items made once, for every layer whatever its sliding window: one
-/// `[token, seq, 0, pos + 1]` per query row, the kernel applying the window
-/// ([`item_key_start`]). `None` unless every sequence goes to the row kernel (at most
-/// [`ROWS_MAX_Q`] queries each: decode steps), since the tile choice depends on the layer's
-/// dtype. `cu_seqlens_q` and `seq_lens` as in the metadata (lengths already checked).
-pub(crate) fn step_rows(cu_seqlens_q: &[u32], seq_lens: &[u32]) -> Option<Vec<[usize; 4]>> {
-    let mut rows = Vec::with_capacity(seq_lens.len());
+/// A step's work lists made once, for every layer whatever its sliding window and dtype
+/// (the kernels apply the window: [`item_key_start`], and the tile kernel's own masks):
+/// every query row as a row item `[token, seq, 0, pos + 1]`, those of sequences with at
+/// most [`ROWS_MAX_Q`] queries first (`short` of them), then every row of the longer ones;
+/// and the longer ones' rows as tiles too. A layer that uses tiles takes the first `short`
+/// row items and the tiles; one that does not takes every row item. `None` when the
+/// lengths are inconsistent (`cu_seqlens_q` shorter than `seq_lens` + 1, decreasing, or a
+/// sequence with more queries than its context), which the op refuses anyway.
+pub(crate) type StepLists = (Vec<[usize; 4]>, usize, Vec<[usize; 4]>);
+
+pub(crate) fn step_lists(cu_seqlens_q: &[u32], seq_lens: &[u32]) -> Option<StepLists> {
+    if cu_seqlens_q.len() != seq_lens.len() + 1 {
+        return None;
+    }
+    let (mut short, mut long, mut tiles) = (vec![], vec![], vec![]);
     for (s, (w, &seq_len)) in cu_seqlens_q.windows(2).zip(seq_lens).enumerate() {
         let (start, end, seq_len) = (w[0] as usize, w[1] as usize, seq_len as usize);
         let q_len = end.checked_sub(start)?;
-        if q_len > ROWS_MAX_Q || q_len > seq_len {
-            return None;
-        }
-        for j in 0..q_len {
-            rows.push([start + j, s, 0, seq_len - q_len + j + 1]);
-        }
+        let first_pos = seq_len.checked_sub(q_len)?;
+        let rows = if q_len > ROWS_MAX_Q {
+            for row0 in (0..q_len).step_by(TILE_Q) {
+                tiles.push([start + row0, s, TILE_Q.min(q_len - row0), first_pos + row0]);
+            }
+            &mut long
+        } else {
+            &mut short
+        };
+        rows.extend((0..q_len).map(|j| [start + j, s, 0, first_pos + j + 1]));
     }
-    Some(rows)
+    let num_short = short.len();
+    short.extend(long);
+    Some((short, num_short, tiles))
 }
 
 /// Partitions of [`PARTITION`] keys that a context of `keys` keys spans (at least 1).
@@ -162,31 +176,51 @@ mod tests {
     }
 
     #[test]
-    fn step_rows_with_the_window_applied_by_the_kernel_equal_each_layers_rows() {
-        let specs = [(1, 1), (37, 1), (300, 8), (1100, 1), (5, 3)];
+    fn step_lists_with_the_window_applied_by_the_kernels_equal_each_layers_lists() {
+        let specs = [
+            (1, 1),
+            (37, 1),
+            (300, 8),
+            (150, 150),
+            (1100, 1),
+            (700, 40),
+            (5, 3),
+        ];
         let seqs = seqs(&specs);
         let cu: Vec<u32> = std::iter::once(0)
             .chain(seqs.iter().map(|s| (s.q_start + s.q_len) as u32))
             .collect();
         let lens: Vec<u32> = specs.iter().map(|s| s.0 as u32).collect();
-        let step = step_rows(&cu, &lens).unwrap();
+        let (rows, short, tiles) = step_lists(&cu, &lens).unwrap();
+        assert_eq!(short, 1 + 1 + 8 + 1 + 3);
         for window in [None, Some(1), Some(16), Some(300)] {
             let params = Params {
                 softmax_scale: 1.0,
                 sliding_window: window,
             };
-            let layer = check(&specs, window, true);
-            assert!(layer.tiles.is_empty());
-            let applied: Vec<[usize; 4]> = (step.iter())
-                .map(|i| [i[0], i[1], item_key_start(i, &params), i[3]])
-                .collect();
-            assert_eq!(applied, layer.rows, "window {window:?}");
+            let applied = |items: &[[usize; 4]]| -> Vec<[usize; 4]> {
+                (items.iter())
+                    .map(|i| [i[0], i[1], item_key_start(i, &params), i[3]])
+                    .collect()
+            };
+            let sorted = |mut v: Vec<[usize; 4]>| {
+                v.sort();
+                v
+            };
+            // A layer with tiles: the short rows and the tiles.
+            let tiled = check(&specs, window, true);
+            assert_eq!(sorted(applied(&rows[..short])), sorted(tiled.rows.clone()));
+            assert_eq!(tiles, tiled.tiles, "window {window:?}");
+            // A layer without: every row.
+            let untiled = check(&specs, window, false);
+            assert_eq!(sorted(applied(&rows)), sorted(untiled.rows.clone()));
             // The step's partitions bound every layer's.
-            assert!(partitions(1100) >= layer.max_splits);
+            assert!(partitions(1100) >= untiled.max_splits.max(tiled.max_splits));
         }
-        // A sequence of more than ROWS_MAX_Q queries needs the layer's own plan.
-        assert_eq!(step_rows(&[0, 9], &[9]), None);
-        assert_eq!(step_rows(&[0, 2], &[1]), None);
+        // Inconsistent lengths make no lists (the op refuses them).
+        assert_eq!(step_lists(&[0, 2], &[1]), None);
+        assert_eq!(step_lists(&[0, 1], &[1, 1]), None);
+        assert_eq!(step_lists(&[3, 1], &[5]), None);
     }
 
     #[test]

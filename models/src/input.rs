@@ -7,10 +7,9 @@
 //! logits rows) is packed on the host into one u32 vector and written by one copy into an
 //! [`InputBuffer`]: persistent device memory that a server reuses step after step (grown
 //! when a step needs more), so a step allocates no device memory for its metadata and
-//! makes one host-to-device copy of it. The pieces are views into that memory. A decode
-//! step's attention work lists travel in the same copy; a step with prefills has the
-//! attention op make its lists per layer (they depend on the layer's dtype). Still
-//! uploaded on its own: a step's LoRA slot table, built with the model's adapter ranks.
+//! makes one host-to-device copy of it. The pieces are views into that memory, the attention
+//! op's work lists included (made once for every layer). Still uploaded on its own: a step's
+//! LoRA slot table, built with the model's adapter ranks.
 //!
 //! A decode step can also be laid out in a fixed [`GraphShape`] ([`ModelInput::build_padded`]):
 //! padded with dummy sequences to a bucket's number of rows, block tables of a fixed width
@@ -204,8 +203,9 @@ impl ModelInput {
     /// whose block tables have up to `max_table_width` entries packs into its upload (the
     /// size to [`InputBuffer::reserve`]).
     pub fn packed_len(max_tokens: usize, max_seqs: usize, max_table_width: usize) -> usize {
-        // ids, positions, slots, row items (4 per token); block tables; logits rows.
-        7 * max_tokens + max_seqs * max_table_width.max(1) + max_seqs
+        // ids, positions, slots, row items (4 per token), tiles (4 per tile of up to 64
+        // rows of a sequence: at most one per 9 tokens); block tables; logits rows.
+        7 * max_tokens + 4 * max_tokens.div_ceil(9) + max_seqs * max_table_width.max(1) + max_seqs
     }
 
     /// Lays out `chunks` for a cache of `block_size`-token blocks on `device`, in device
@@ -351,10 +351,10 @@ impl ModelInput {
         }
         let num_seqs = chunks.len();
         let num_sampled = logits_indices.len();
-        // A decode step's attention work lists (none for a step with prefills).
-        let row_items = PagedAttentionMetadata::row_items(&cu_seqlens_q, &seq_lens);
-        let row_items = row_items.unwrap_or_default();
-        // One upload: [ids | positions | slots | block tables | logits rows | row items].
+        // The attention op's work lists, made once for every layer.
+        let lists = PagedAttentionMetadata::work_lists(&cu_seqlens_q, &seq_lens);
+        // One upload: [ids | positions | slots | block tables | logits rows | row items |
+        // tiles].
         let device_slots = SlotMapping::device_slots(&slot_mapping)?;
         let lens = [
             num_tokens,
@@ -362,7 +362,8 @@ impl ModelInput {
             num_tokens,
             block_tables.len(),
             num_sampled,
-            row_items.len(),
+            lists.rows.len(),
+            lists.tiles.len(),
         ];
         let mut packed = Vec::with_capacity(lens.iter().sum());
         for piece in [
@@ -371,7 +372,8 @@ impl ModelInput {
             &device_slots,
             &block_tables,
             &logits_indices,
-            &row_items,
+            &lists.rows,
+            &lists.tiles,
         ] {
             packed.extend_from_slice(piece);
         }
@@ -382,22 +384,20 @@ impl ModelInput {
             pieces.push(memory.narrow(0, start, len)?);
             start += len;
         }
-        let [ids_t, positions_t, slots_t, tables_t, logits_t, rows_t] =
-            <[Tensor; 6]>::try_from(pieces).map_err(|_| ModelError::invalid("batch", "pieces"))?;
-        let mut attention = PagedAttentionMetadata::from_parts(
+        let [ids_t, positions_t, slots_t, tables_t, logits_t, rows_t, tiles_t] =
+            <[Tensor; 7]>::try_from(pieces).map_err(|_| ModelError::invalid("batch", "pieces"))?;
+        let attention = PagedAttentionMetadata::from_parts(
             block_tables,
             max_blocks,
             cu_seqlens_q,
             seq_lens,
             tables_t.reshape((num_seqs, max_blocks))?,
         )?;
-        if !row_items.is_empty() {
-            let partitions = match padded {
-                Some((shape, _)) => shape.partitions,
-                None => PagedAttentionMetadata::partitions(attention.max_seq_len()),
-            };
-            attention = attention.with_row_items(rows_t, partitions)?;
-        }
+        let partitions = match padded {
+            Some((shape, _)) => shape.partitions,
+            None => PagedAttentionMetadata::partitions(attention.max_seq_len()),
+        };
+        let attention = attention.with_work_lists(rows_t, tiles_t, partitions)?;
         Ok(Self {
             input_ids: ids_t,
             positions: positions_t,

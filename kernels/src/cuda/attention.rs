@@ -1,7 +1,8 @@
 //! The CUDA path of [`crate::paged_attention`]: checks the step's metadata on the host (its
-//! host copy: nothing is read back), turns it into work lists (once per step: the plan is
-//! kept in the metadata every layer shares) and launches the kernels of
-//! kernels/paged_attention.cu.
+//! host copy: nothing is read back) once per step (the plan is kept in the metadata every
+//! layer shares), takes the work lists the caller uploaded with the step
+//! ([`crate::PagedAttentionMetadata::with_work_lists`]; else makes and uploads them) and
+//! launches the kernels of kernels/paged_attention.cu.
 //!
 //! Which kernel serves a sequence:
 //! - the tile kernel (tensor-core MMA, online softmax) for f16/bf16 with head_dim 64 or 128
@@ -21,7 +22,7 @@ use crate::paged_attention::PagedAttention;
 use crate::work_list::WorkList;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -58,8 +59,8 @@ struct Plan {
     num_rows: u32,
     /// Most partitions any row needs (grid z of the row kernel).
     max_splits: u32,
-    /// `{q_row0, seq, rows, pos0}` per tile for the tile kernel.
-    tiles: Option<CudaSlice<u32>>,
+    /// `{q_row0, seq, rows, pos0}` per tile for the tile kernel: u32 `[num_tiles * 4]`.
+    tiles: Option<Tensor>,
     num_tiles: u32,
 }
 
@@ -135,17 +136,6 @@ fn plan(
         window: op.params.sliding_window,
         tiled,
     };
-    if let Some(preset) = &op.meta.row_items {
-        // Made and uploaded with the step (every sequence a row: the same for every layer
-        // and dtype); its launch shape depends only on the step's shape.
-        return Ok(Arc::new(Plan {
-            rows: Some(preset.items.clone()),
-            num_rows: as_u32(preset.rows, "query rows")?,
-            max_splits: as_u32(preset.splits, "partitions")?,
-            tiles: None,
-            num_tiles: 0,
-        }));
-    }
     let Ok(mut plans) = op.meta.plans.0.lock() else {
         bail!("paged_attention: the metadata's plan cache was poisoned");
     };
@@ -157,7 +147,8 @@ fn plan(
     Ok(plan)
 }
 
-/// Checks the metadata's host copy as the CPU path does, and uploads the work lists.
+/// Checks the metadata's host copy as the CPU path does; takes the step's uploaded work
+/// lists, or makes and uploads them.
 fn make_plan(
     op: &PagedAttention,
     dims: &Dims,
@@ -167,6 +158,30 @@ fn make_plan(
     as_u32(dims.num_tokens, "num_tokens")?;
     as_u32(op.meta.max_seq_len(), "max_seq_len")?;
     let seqs = op.sequences(dims)?;
+    if let Some(lists) = &op.meta.lists {
+        // Made and uploaded with the step, for every layer: a layer with tiles takes the
+        // short rows and the tiles, one without every row. The launch shapes depend only
+        // on the step's shape.
+        let (num_rows, num_tiles) = match tiled {
+            true => (lists.short_rows, lists.num_tiles),
+            false => (lists.num_rows, 0),
+        };
+        if lists.splits > u16::MAX as usize {
+            bail!(
+                "paged_attention: {} partitions are too many for CUDA",
+                lists.splits
+            );
+        }
+        return Ok(Plan {
+            rows: (num_rows > 0)
+                .then(|| lists.rows.narrow(0, 0, 4 * num_rows))
+                .transpose()?,
+            num_rows: as_u32(num_rows, "query rows")?,
+            max_splits: as_u32(lists.splits, "partitions")?,
+            tiles: (num_tiles > 0).then(|| lists.tiles.clone()),
+            num_tiles: as_u32(num_tiles, "query tiles")?,
+        });
+    }
     let list = WorkList::new(&seqs, &op.params, tiled);
     let max_splits = list.max_splits;
     if max_splits > u16::MAX as usize {
@@ -191,7 +206,14 @@ fn make_plan(
     };
     let tiles = match list.tiles.is_empty() {
         true => None,
-        false => Some(dev.clone_htod(&flat(&list.tiles))?),
+        false => {
+            let device = candle_core::Device::Cuda(dev.clone());
+            Some(Tensor::from_vec(
+                flat(&list.tiles),
+                list.tiles.len() * 4,
+                &device,
+            )?)
+        }
     };
     Ok(Plan {
         num_rows: as_u32(list.rows.len(), "query rows")?,
@@ -325,7 +347,12 @@ fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
         }
     }
 
-    if let Some(items) = &plan.tiles {
+    if let Some(tiles) = &plan.tiles {
+        let (tiles_storage, tiles_l) = tiles.storage_and_layout();
+        let Storage::Cuda(tiles_storage) = &*tiles_storage else {
+            bail!("paged_attention: tiles must be on the GPU like q");
+        };
+        let items = &view::<u32>(tiles_storage, tiles_l, "tiles")?;
         let func = super::kernel(
             &dev,
             &super::PAGED_ATTENTION,

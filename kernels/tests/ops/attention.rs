@@ -196,12 +196,20 @@ fn many_decode_rows(dev: &Device) -> Result<()> {
     Batch::new(&case, &mut rng(140), dev)?.check()
 }
 
-fn row_items_uploaded_with_the_step(dev: &Device) -> Result<()> {
-    // Decode and short chunks (at most 8 queries) with the row work items made once per
-    // step (the window applied by the kernel) and a grid of more partitions than needed:
-    // bit-identical to the op's own plan, for every window and dtype. One context spans
-    // five partitions; padding rows stay zero.
-    let seqs = [seq(1, 1), seq(1100, 1), seq(37, 8), seq(300, 3), seq(17, 1)];
+fn work_lists_uploaded_with_the_step(dev: &Device) -> Result<()> {
+    // Decode, short chunks, prefills of one and several tiles, with the work lists made
+    // once per step (windows applied by the kernels; a layer with tiles taking the short
+    // rows and the tiles, one without every row) and a grid of more partitions than
+    // needed: bit-identical to the op's own plan, for every window, in f32 (no tiles) and
+    // bf16 (tiles). One context spans five partitions; padding rows stay zero.
+    let seqs = [
+        seq(1, 1),
+        seq(1100, 1),
+        seq(37, 8),
+        seq(150, 150),
+        seq(300, 3),
+        seq(700, 40),
+    ];
     for (i, dtype) in [DType::F32, DType::BF16].into_iter().enumerate() {
         for window in [None, Some(1), Some(16), Some(300)] {
             let mut case = Case::new(8, 2, 64, &seqs);
@@ -211,13 +219,14 @@ fn row_items_uploaded_with_the_step(dev: &Device) -> Result<()> {
             let mut batch = Batch::new(&case, &mut rng(150 + i as u64), dev)?;
             let want = batch.run()?;
             batch.check()?;
-            let items = row_items(&batch.meta).expect("every sequence is a row");
-            assert_eq!(items.len(), 4 * (1 + 1 + 8 + 3 + 1));
+            let lists = work_lists(&batch.meta);
+            assert_eq!(lists.rows.len(), 4 * (1 + 1 + 8 + 150 + 3 + 40));
+            assert_eq!((lists.short_rows, lists.tiles.len()), (13, 4 * (3 + 1)));
             let needed = wick_kernels::PagedAttentionMetadata::partitions(1100);
             assert_eq!(needed, 5);
             for splits in [needed, 16] {
-                let uploaded = Tensor::from_slice(&items, items.len(), dev)?;
-                batch.meta = batch.meta.clone().with_row_items(uploaded, splits)?;
+                let (rows, tiles) = upload(&lists, dev)?;
+                batch.meta = batch.meta.clone().with_work_lists(rows, tiles, splits)?;
                 let got = batch.run()?;
                 assert_eq!(
                     to_vec(&got)?,
@@ -227,23 +236,30 @@ fn row_items_uploaded_with_the_step(dev: &Device) -> Result<()> {
             }
         }
     }
-    // Refused: fewer partitions than the longest context needs, the wrong length, and a
-    // step with a prefill (its work lists depend on the layer).
+    // Refused: fewer partitions than the longest context needs, and lists of other lengths.
     let batch = Batch::new(&Case::new(4, 2, 64, &seqs), &mut rng(160), dev)?;
-    let items = row_items(&batch.meta).expect("rows");
-    let uploaded = Tensor::from_slice(&items, items.len(), dev)?;
-    let few = batch.meta.clone().with_row_items(uploaded.clone(), 4);
+    let (rows, tiles) = upload(&work_lists(&batch.meta), dev)?;
+    let few = batch
+        .meta
+        .clone()
+        .with_work_lists(rows.clone(), tiles.clone(), 4);
     crate::support::expect_err(few, "partitions");
-    let short = uploaded.narrow(0, 0, 4)?;
-    crate::support::expect_err(batch.meta.clone().with_row_items(short, 8), "row items");
-    let prefill = Batch::new(&Case::new(4, 2, 64, &[seq(9, 9)]), &mut rng(161), dev)?;
-    assert!(row_items(&prefill.meta).is_none());
-    crate::support::expect_err(prefill.meta.with_row_items(uploaded, 8), "no row items");
+    let short = rows.narrow(0, 0, 4)?;
+    let bad = batch.meta.clone().with_work_lists(short, tiles.clone(), 8);
+    crate::support::expect_err(bad, "row items");
+    crate::support::expect_err(batch.meta.with_work_lists(tiles, rows, 8), "must be u32");
     Ok(())
 }
 
-fn row_items(meta: &wick_kernels::PagedAttentionMetadata) -> Option<Vec<u32>> {
-    wick_kernels::PagedAttentionMetadata::row_items(meta.cu_seqlens_q(), meta.seq_lens())
+fn work_lists(meta: &wick_kernels::PagedAttentionMetadata) -> wick_kernels::WorkLists {
+    wick_kernels::PagedAttentionMetadata::work_lists(meta.cu_seqlens_q(), meta.seq_lens())
+}
+
+fn upload(lists: &wick_kernels::WorkLists, dev: &Device) -> Result<(Tensor, Tensor)> {
+    Ok((
+        Tensor::from_slice(&lists.rows, lists.rows.len(), dev)?,
+        Tensor::from_slice(&lists.tiles, lists.tiles.len(), dev)?,
+    ))
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
@@ -266,5 +282,5 @@ device_tests!(
     long_contexts_split_and_tiled,
     head_dim_256_and_wide_groups,
     many_decode_rows,
-    row_items_uploaded_with_the_step,
+    work_lists_uploaded_with_the_step,
 );
