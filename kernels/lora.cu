@@ -2,11 +2,12 @@
 //
 // x is [num_tokens, in_dim], y and out [num_tokens, out_dim], the adapter stacks
 // a [num_slots, max_rank, in_dim] and b [num_slots, out_dim, max_rank], all of one element
-// type T (f32, f16, bf16), arithmetic in f32. `info` is u32 [num_tokens, 2]: token t uses
-// slot info[2t] with rank info[2t+1]; rank 0 (or a slot past num_slots) means no adapter.
-// The host (kernels/src/lora.rs) built `info` from a checked LoraBatch and checked every
-// rank against max_rank; the kernels skip anything outside those bounds all the same, so
-// no bad entry can make them read or write out of bounds.
+// type T (f32, f16, bf16), arithmetic in f32. `slots` is u32 [num_tokens]: token t uses
+// slot slots[t] (u32 max: none, as is any slot past num_slots); `ranks` is u32 [num_slots]:
+// the rank of each slot's adapter (0: empty), of which min(rank, max_rank) rows are read
+// (a projection whose stacks hold less than an adapter's rank is one it does not target).
+// The host (kernels/src/lora.rs) checked the tables' sizes; no entry, however bad, can make
+// the kernels read or write out of bounds.
 //
 // Two kernels, one after the other on the stream:
 //   - wick_lora_shrink_*: h[t, k] = x[t, :] . a[slot, k, :] for k < rank, one warp per
@@ -32,24 +33,23 @@ struct LoraGeometry {
     uint32_t max_rank;
 };
 
-/// Token t's adapter as (slot, rank); rank 0 when it has none or the entry is out of range.
-__device__ __forceinline__ uint2 adapter_of(const uint32_t* info, uint32_t t,
-                                            const LoraGeometry& g) {
-    const uint32_t slot = info[2 * static_cast<uint64_t>(t)];
-    const uint32_t rank = info[2 * static_cast<uint64_t>(t) + 1];
-    if (slot >= g.num_slots || rank > g.max_rank) return make_uint2(0, 0);
-    return make_uint2(slot, rank);
+/// Token t's adapter as (slot, rows to read); rank 0 when it has none.
+__device__ __forceinline__ uint2 adapter_of(const uint32_t* slots, const uint32_t* ranks,
+                                            uint32_t t, const LoraGeometry& g) {
+    const uint32_t slot = slots[t];
+    if (slot >= g.num_slots) return make_uint2(0, 0);
+    return make_uint2(slot, min(ranks[slot], g.max_rank));
 }
 
 template <typename T>
 __device__ void lora_shrink(float* __restrict__ h, const T* __restrict__ x,
-                            const T* __restrict__ a, const uint32_t* __restrict__ info,
-                            LoraGeometry g) {
+                            const T* __restrict__ a, const uint32_t* __restrict__ slots,
+                            const uint32_t* __restrict__ ranks, LoraGeometry g) {
     const uint32_t t = blockIdx.x;
     const uint32_t k = blockIdx.y * LORA_WARPS + threadIdx.x / 32;
     const uint32_t lane = threadIdx.x % 32;
     if (t >= g.num_tokens) return;
-    const uint2 ad = adapter_of(info, t, g);
+    const uint2 ad = adapter_of(slots, ranks, t, g);
     // Uniform across the warp (t per block, k per warp), so warp_sum below sees all lanes.
     if (k >= ad.y) return;
     const T* xr = x + static_cast<uint64_t>(t) * g.in_dim;
@@ -63,12 +63,13 @@ __device__ void lora_shrink(float* __restrict__ h, const T* __restrict__ x,
 template <typename T>
 __device__ void lora_expand(T* __restrict__ out, const T* __restrict__ y,
                             const float* __restrict__ h, const T* __restrict__ b,
-                            const uint32_t* __restrict__ info, LoraGeometry g) {
+                            const uint32_t* __restrict__ slots,
+                            const uint32_t* __restrict__ ranks, LoraGeometry g) {
     const uint32_t t = blockIdx.x;
     const uint32_t o = blockIdx.y * LORA_THREADS + threadIdx.x;
     if (t >= g.num_tokens || o >= g.out_dim) return;
     const uint64_t at = static_cast<uint64_t>(t) * g.out_dim + o;
-    const uint2 ad = adapter_of(info, t, g);
+    const uint2 ad = adapter_of(slots, ranks, t, g);
     if (ad.y == 0) {
         out[at] = y[at];
         return;
@@ -84,14 +85,15 @@ __device__ void lora_expand(T* __restrict__ out, const T* __restrict__ y,
 
 #define WICK_LORA_KERNELS(NAME, T)                                                            \
     extern "C" __global__ void __launch_bounds__(wick::LORA_THREADS)                          \
-        wick_lora_shrink_##NAME(float* h, const T* x, const T* a, const uint32_t* info,       \
-                                wick::LoraGeometry g) {                                       \
-        wick::lora_shrink<T>(h, x, a, info, g);                                               \
+        wick_lora_shrink_##NAME(float* h, const T* x, const T* a, const uint32_t* slots,      \
+                                const uint32_t* ranks, wick::LoraGeometry g) {                \
+        wick::lora_shrink<T>(h, x, a, slots, ranks, g);                                       \
     }                                                                                         \
     extern "C" __global__ void __launch_bounds__(wick::LORA_THREADS)                          \
         wick_lora_expand_##NAME(T* out, const T* y, const float* h, const T* b,               \
-                                const uint32_t* info, wick::LoraGeometry g) {                 \
-        wick::lora_expand<T>(out, y, h, b, info, g);                                          \
+                                const uint32_t* slots, const uint32_t* ranks,                 \
+                                wick::LoraGeometry g) {                                       \
+        wick::lora_expand<T>(out, y, h, b, slots, ranks, g);                                  \
     }
 
 WICK_LORA_KERNELS(f32, float)

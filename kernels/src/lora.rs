@@ -4,21 +4,26 @@
 //!
 //! Adapters live in fixed slots of per-projection stacks: `a: [S, R, in]` and
 //! `b: [S, out, R]`, where R is the largest rank the stacks hold; slot s holds an adapter of
-//! rank `r_s <= R` in `a[s, :r_s, :]` and `b[s, :, :r_s]`. Entries past `r_s` are never
-//! read, so they may hold anything. The adapter's scaling is already folded into b.
+//! rank `r_s` in `a[s, :r_s, :]` and `b[s, :, :r_s]`. Entries past `r_s` are never read, so
+//! they may hold anything. The adapter's scaling is already folded into b. A slot's rank is
+//! the adapter's, one per slot for every projection; a projection reads `min(r_s, R)` rows
+//! of it, so the stacks of a module that only smaller adapters target (R below `r_s`: the
+//! larger adapter does not target it and its rows there are zero) serve it too.
 //!
 //! Owns these invariants, checked before any kernel runs (errors, never panics):
 //! - a [`LoraBatch`] only holds token slots in `-1..S` (S = `slot_ranks.len()`), and its
 //!   groups list each token with a non-empty slot exactly once;
 //! - at apply time the tensors agree with the batch and each other: `x [T, in]`,
-//!   `y [T, out]`, `a [S, R, in]`, `b [S, out, R]`, one float dtype, one device (the batch's),
-//!   and every `slot_ranks[s] <= R`.
+//!   `y [T, out]`, `a [S, R, in]`, `b [S, out, R]`, one float dtype, one device (the batch's).
 //!
 //! A token on slot -1, or on an empty slot (rank 0), gets no delta: its row of y comes back
 //! bit-identical. The batch is built once per step on the host and reused by every layer and
-//! projection; on a GPU it also uploads one small `[T, 2]` u32 tensor of `{slot, rank}` per
-//! token, so applying it never copies anything back from the device (capturable in a CUDA
-//! graph). The CPU kernel lives in `lora_cpu`, the CUDA one in `cuda::lora`.
+//! projection. On a GPU the kernels read two device tables: each token's slot (u32,
+//! `u32::MAX` for none; a server's step carries it in its one upload) and each slot's rank
+//! (kept on the device by the model, written when an adapter is loaded), so applying it
+//! never copies anything to or from the device (capturable in a CUDA graph). Which kernels
+//! run depends only on whether any token names a slot, not on the ranks. The CPU kernel
+//! lives in `lora_cpu`, the CUDA one in `cuda::lora`.
 
 use crate::cpu_util::{contiguous_slice, is_float, storage_slice};
 use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
@@ -37,36 +42,97 @@ pub(crate) struct Group {
 /// Per-step description of which adapter slot each token uses, built once per step on the
 /// host and reused by every layer and projection.
 ///
-/// Holds the tokens grouped by slot (for the CPU kernel) and, when built for a GPU, one
-/// uploaded `[num_tokens, 2]` u32 tensor of `{slot, rank}` per token (for the CUDA
-/// kernels), so applying it reads nothing back from the device.
+/// Holds the tokens grouped by slot (for the CPU kernel) and, for a GPU, the device tables
+/// of each token's slot and each slot's rank (for the CUDA kernels), so applying it reads
+/// nothing back from the device.
 #[derive(Debug, Clone)]
 pub struct LoraBatch {
     num_tokens: usize,
     slot_ranks: Vec<usize>,
+    /// Whether some token names a slot (the kernels run; see [`LoraBatch::is_empty`]).
+    any_slot: bool,
     /// Token rows with an adapter, grouped by slot (slots ascending, rows ascending).
     rows: Vec<u32>,
     /// One per slot that has tokens and a rank above 0, slots ascending.
     groups: Vec<Group>,
     device: Device,
-    /// On a GPU, when not empty: u32 `[num_tokens, 2]`, `{slot, rank}` per token,
-    /// `{u32::MAX, 0}` for a token without adapter.
+    /// On a GPU: u32 `[num_tokens]` slot per token (`u32::MAX`: none) and u32 `[S]` rank
+    /// per slot.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    token_info: Option<Tensor>,
+    tables: Option<(Tensor, Tensor)>,
 }
 
 impl LoraBatch {
     /// `token_slots[t]` is the adapter slot of token t, or -1 for none; `slot_ranks[s]` is the
     /// rank of the adapter resident in slot s (0 = empty slot; a token on an empty slot gets
-    /// no delta). Groups tokens by slot on the host and, on a GPU `device`, uploads the
-    /// per-token `{slot, rank}` table once, so nothing is read back from the device when
-    /// applying. That every rank fits the stacks (`<= R`) is checked by [`lora_apply`].
+    /// no delta). Groups tokens by slot on the host and, on a GPU `device`, uploads both as
+    /// the device tables (two copies; a server's step passes its own with
+    /// [`LoraBatch::with_tables`] instead).
     ///
     /// Errors on a slot below -1 or at least `slot_ranks.len()`, or sizes past u32.
     pub fn new(token_slots: &[i32], slot_ranks: &[usize], device: &Device) -> Result<Self> {
+        let mut batch = Self::grouped(token_slots, slot_ranks, device)?;
+        if !device.is_cpu() {
+            let slots = Self::device_slots(token_slots);
+            let ranks: Vec<u32> = slot_ranks.iter().map(|&r| r as u32).collect();
+            batch.tables = Some((
+                Tensor::from_vec(slots, token_slots.len(), device)?,
+                Tensor::from_vec(ranks, slot_ranks.len(), device)?,
+            ));
+        }
+        Ok(batch)
+    }
+
+    /// [`LoraBatch::new`] over device tables the caller keeps: `device_slots` u32
+    /// `[token_slots.len()]` holding [`LoraBatch::device_slots`] of `token_slots`, and
+    /// `device_ranks` u32 `[slot_ranks.len()]` holding `slot_ranks`, both on the device the
+    /// batch is for (read by the CUDA kernels only; the host slices are what is checked and
+    /// what the CPU kernel reads, so the caller keeps the two in agreement). Nothing is
+    /// copied to the device.
+    ///
+    /// Errors as [`LoraBatch::new`] does, and on tables of another shape or dtype.
+    pub fn with_tables(
+        token_slots: &[i32],
+        slot_ranks: &[usize],
+        device_slots: &Tensor,
+        device_ranks: &Tensor,
+    ) -> Result<Self> {
+        for (what, t, len) in [
+            ("slot", device_slots, token_slots.len()),
+            ("rank", device_ranks, slot_ranks.len()),
+        ] {
+            if t.dtype() != candle_core::DType::U32 || t.dims() != [len] {
+                bail!(
+                    "LoraBatch: the device {what} table must be u32 [{len}], got {:?} {:?}",
+                    t.dtype(),
+                    t.dims()
+                );
+            }
+        }
+        if !device_slots.device().same_device(device_ranks.device()) {
+            bail!("LoraBatch: the device tables are on different devices");
+        }
+        let mut batch = Self::grouped(token_slots, slot_ranks, device_slots.device())?;
+        batch.tables = Some((device_slots.clone(), device_ranks.clone()));
+        Ok(batch)
+    }
+
+    /// The device slot table's values for `token_slots`: the slot as u32, `u32::MAX` for -1
+    /// (and for anything else below 0, which [`LoraBatch::new`] refuses).
+    pub fn device_slots(token_slots: &[i32]) -> Vec<u32> {
+        (token_slots.iter())
+            .map(|&s| u32::try_from(s).unwrap_or(u32::MAX))
+            .collect()
+    }
+
+    /// The host side: checks and groups the tokens by slot; no device tables.
+    fn grouped(token_slots: &[i32], slot_ranks: &[usize], device: &Device) -> Result<Self> {
         let num_slots = slot_ranks.len();
-        if u32::try_from(token_slots.len()).is_err() {
-            bail!("LoraBatch: {} tokens is too many", token_slots.len());
+        if u32::try_from(token_slots.len()).is_err() || u32::try_from(num_slots).is_err() {
+            bail!(
+                "LoraBatch: {} tokens or {num_slots} slots is too many",
+                token_slots.len()
+            );
         }
         if let Some((s, r)) = slot_ranks
             .iter()
@@ -77,12 +143,14 @@ impl LoraBatch {
         }
         // Counting sort of the tokens by slot: count, then place.
         let mut starts = vec![0usize; num_slots + 1];
+        let mut any_slot = false;
         for (t, &s) in token_slots.iter().enumerate() {
             if s == -1 {
                 continue;
             }
             match usize::try_from(s) {
                 Ok(s) if s < num_slots => {
+                    any_slot = true;
                     if slot_ranks[s] > 0 {
                         starts[s + 1] += 1;
                     }
@@ -115,32 +183,23 @@ impl LoraBatch {
                 end: starts[s + 1],
             })
             .collect();
-        let token_info = if device.is_cpu() || groups.is_empty() {
-            None
-        } else {
-            let mut info = [u32::MAX, 0].repeat(token_slots.len());
-            for (t, &s) in token_slots.iter().enumerate() {
-                if let Ok(s) = usize::try_from(s) {
-                    // Slots below S and ranks were checked to fit u32.
-                    info[2 * t] = s as u32;
-                    info[2 * t + 1] = slot_ranks[s] as u32;
-                }
-            }
-            Some(Tensor::from_vec(info, (token_slots.len(), 2), device)?)
-        };
         Ok(Self {
             num_tokens: token_slots.len(),
             slot_ranks: slot_ranks.to_vec(),
+            any_slot,
             rows,
             groups,
             device: device.clone(),
-            token_info,
+            tables: None,
         })
     }
 
-    /// True if no token uses an adapter (apply is then a no-op returning y unchanged).
+    /// True if no token names an adapter slot (apply is then a no-op returning y
+    /// unchanged). Tokens on empty slots (rank 0) make it false: the kernels run and add
+    /// them nothing. So whether the kernels run depends on the tokens' slots, never on the
+    /// ranks (a CUDA graph captured with adapters replays correctly whatever their ranks).
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        !self.any_slot
     }
 
     /// Number of tokens (rows of x and y) the batch describes.
@@ -163,10 +222,10 @@ impl LoraBatch {
         &self.rows
     }
 
-    /// The uploaded `{slot, rank}` table (GPU batches only).
+    /// The device tables: slot per token, rank per slot (GPU batches only).
     #[cfg(feature = "cuda")]
-    pub(crate) fn token_info(&self) -> Option<&Tensor> {
-        self.token_info.as_ref()
+    pub(crate) fn tables(&self) -> Option<&(Tensor, Tensor)> {
+        self.tables.as_ref()
     }
 }
 
@@ -182,12 +241,12 @@ pub(crate) struct Dims {
 }
 
 /// y + per-token LoRA delta: for every token t with slot `s = token_slots[t] >= 0`,
-/// `y[t] += (x[t] @ a[s, :r_s, :]^T) @ b[s, :, :r_s]^T`, where `r_s = slot_ranks[s]`.
+/// `y[t] += (x[t] @ a[s, :r, :]^T) @ b[s, :, :r]^T`, where `r = min(slot_ranks[s], R)`.
 /// x: `[T, in]`, y: `[T, out]`, a: `[S, R, in]` (rows past a slot's rank are zero padding),
 /// b: `[S, out, R]`. The adapter's scaling (alpha/r or alpha/sqrt(r)) is already folded into
 /// b. All of x, y, a, b have one dtype (f32, f16 or bf16); accumulation is in f32.
 /// Rows of tokens with slot -1 are returned unchanged. Errors (never panics) on shape/dtype/
-/// device mismatches and slot or rank out of range.
+/// device mismatches and slots out of range.
 ///
 /// The delta of a row is computed in f32 and added to y in f32, then rounded once to the
 /// dtype; rows of tokens without adapter (slot -1 or an empty slot) come back bit for bit.
@@ -258,14 +317,6 @@ fn check(y: &Tensor, x: &Tensor, a: &Tensor, b: &Tensor, batch: &LoraBatch) -> R
             "lora_apply: the stacks hold {num_slots} slots but the batch describes {}",
             batch.slot_ranks.len()
         );
-    }
-    if let Some((s, r)) = batch
-        .slot_ranks
-        .iter()
-        .enumerate()
-        .find(|(_, &r)| r > max_rank)
-    {
-        bail!("lora_apply: slot {s} has rank {r} but the stacks hold at most rank {max_rank}");
     }
     let dtype = y.dtype();
     if !is_float(dtype) || [x, a, b].iter().any(|t| t.dtype() != dtype) {

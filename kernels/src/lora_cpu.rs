@@ -29,8 +29,8 @@
 //!   on 2 cores and competes with candle's gemm threads, hence the threshold.
 //!
 //! Invariants the caller (`lora_apply`) has checked: slices have the shapes of `Dims`, every
-//! group's slot is below `num_slots` and its rank at most `max_rank`, every grouped token is
-//! below `num_tokens` and appears once. They are checked again here cheaply (error, not
+//! group's slot is below `num_slots`, every grouped token is below `num_tokens` and appears
+//! once (a group's rank above `max_rank` is read as `max_rank`). They are checked again here cheaply (error, not
 //! panic), and indexing stays bounds-checked.
 
 use crate::cpu_util::Elem;
@@ -119,12 +119,20 @@ fn apply_with<T: Elem>(
     let mut tasks = Vec::new();
     let mut work = 0;
     for g in batch.groups() {
-        if g.slot >= num_slots || g.rank == 0 || g.rank > max_rank {
+        if g.slot >= num_slots || g.rank == 0 {
             bail!(
-                "lora_apply: slot {} of rank {} does not fit stacks of {num_slots} slots, rank {max_rank}",
+                "lora_apply: slot {} of rank {} does not fit stacks of {num_slots} slots",
                 g.slot,
                 g.rank
             );
+        }
+        // The stacks hold rank R: a larger slot rank reads R rows (see `lora_apply`).
+        let g = Group {
+            rank: g.rank.min(max_rank),
+            ..*g
+        };
+        if g.rank == 0 {
+            continue;
         }
         let Some(tokens) = batch.rows().get(g.start..g.end) else {
             bail!("lora_apply: malformed LoraBatch");
@@ -139,7 +147,7 @@ fn apply_with<T: Elem>(
                 }
             }
             tasks.push(Task {
-                group: *g,
+                group: g,
                 tokens: chunk,
                 dst,
             });

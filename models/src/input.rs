@@ -4,12 +4,12 @@
 //! one way of laying a batch out.
 //!
 //! Everything the device reads of it (token ids, positions, cache slots, block tables,
-//! logits rows) is packed on the host into one u32 vector and written by one copy into an
-//! [`InputBuffer`]: persistent device memory that a server reuses step after step (grown
-//! when a step needs more), so a step allocates no device memory for its metadata and
-//! makes one host-to-device copy of it. The pieces are views into that memory, the attention
-//! op's work lists included (made once for every layer). Still uploaded on its own: a step's
-//! LoRA slot table, built with the model's adapter ranks.
+//! logits rows, adapter slots) is packed on the host into one u32 vector and written by one
+//! copy into an [`InputBuffer`]: persistent device memory that a server reuses step after
+//! step (grown when a step needs more), so a step allocates no device memory for its
+//! metadata and makes one host-to-device copy of it. The pieces are views into that memory,
+//! the attention op's work lists included (made once for every layer). The adapters' ranks
+//! are the model's, kept on the device between steps.
 //!
 //! A decode step can also be laid out in a fixed [`GraphShape`] ([`ModelInput::build_padded`]):
 //! padded with dummy sequences to a bucket's number of rows, block tables of a fixed width
@@ -116,6 +116,9 @@ pub struct GraphShape {
     pub partitions: usize,
     /// Entries of every block table row: the blocks of the context those partitions span.
     pub table_width: usize,
+    /// Whether a sequence uses an adapter: the step carries a slot per token (dummies on
+    /// none) and runs the LoRA kernels; steps with and without are different shapes.
+    pub lora: bool,
 }
 
 /// Batch sizes a padded decode step is rounded up to (vLLM's capture sizes up to 256).
@@ -125,15 +128,16 @@ impl GraphShape {
     /// The shape a decode step of `chunks` over `block_size`-token blocks is padded to:
     /// the smallest batch size of [`GRAPH_BATCH_SIZES`] that holds them, and the
     /// partitions of the longest context rounded up to a power of two, with block tables
-    /// as wide as that context needs. So a server meets at most 9 batch sizes times one
-    /// partition count per doubling of its context. `None` when the step is not a decode
-    /// step a graph can serve: empty, a sequence with other than one token or without a
-    /// sampled row or with an adapter, or more sequences than the largest size.
+    /// as wide as that context needs, and whether adapters are used. So a server meets at
+    /// most 9 batch sizes times one partition count per doubling of its context (times two
+    /// with adapters). `None` when the step is not a decode step a graph can serve: empty, a
+    /// sequence with other than one token or without a sampled row, or more sequences than
+    /// the largest size.
     pub fn for_decode(chunks: &[SequenceChunk<'_>], block_size: usize) -> Option<Self> {
         let seqs = *GRAPH_BATCH_SIZES.iter().find(|&&b| b >= chunks.len())?;
         let mut longest = 0;
         for c in chunks {
-            if c.tokens.len() != 1 || !c.sample || c.lora_slot.is_some() {
+            if c.tokens.len() != 1 || !c.sample {
                 return None;
             }
             longest = longest.max(c.num_computed_tokens + 1);
@@ -147,6 +151,7 @@ impl GraphShape {
             seqs,
             partitions,
             table_width: keys.div_ceil(block_size),
+            lora: chunks.iter().any(|c| c.lora_slot.is_some()),
         })
     }
 }
@@ -189,8 +194,11 @@ pub struct ModelInput {
     /// Number of tokens in the batch.
     pub num_tokens: usize,
     /// Each token's adapter slot (-1: none), on the host; empty when no sequence uses an
-    /// adapter.
+    /// adapter (and no [`GraphShape::lora`] asks for them).
     pub lora_slots: Vec<i32>,
+    /// u32 `[num_tokens]`: the same slots as the LoRA kernels read them
+    /// ([`wick_kernels::LoraBatch::device_slots`]); `None` when `lora_slots` is empty.
+    pub lora_slots_device: Option<Tensor>,
     /// The padded decode shape it was laid out in ([`ModelInput::build_padded`]); `None`
     /// for a step laid out as it is.
     pub graph_shape: Option<GraphShape>,
@@ -203,9 +211,9 @@ impl ModelInput {
     /// whose block tables have up to `max_table_width` entries packs into its upload (the
     /// size to [`InputBuffer::reserve`]).
     pub fn packed_len(max_tokens: usize, max_seqs: usize, max_table_width: usize) -> usize {
-        // ids, positions, slots, row items (4 per token), tiles (4 per tile of up to 64
-        // rows of a sequence: at most one per 9 tokens); block tables; logits rows.
-        7 * max_tokens + 4 * max_tokens.div_ceil(9) + max_seqs * max_table_width.max(1) + max_seqs
+        // ids, positions, slots, adapter slots, row items (4 per token), tiles (4 per tile of
+        // up to 64 rows of a sequence: at most one per 9 tokens); block tables; logits rows.
+        8 * max_tokens + 4 * max_tokens.div_ceil(9) + max_seqs * max_table_width.max(1) + max_seqs
     }
 
     /// Lays out `chunks` for a cache of `block_size`-token blocks on `device`, in device
@@ -231,7 +239,8 @@ impl ModelInput {
     /// with a logits row (ignored by the caller: the real sequences' rows come first and
     /// are the same as unpadded, rows being independent). Steps of one shape built in one
     /// buffer put every piece at the same offset of the same memory (while no earlier
-    /// input is alive: see [`InputBuffer`]). Errors if `chunks` do not fit `shape`.
+    /// input is alive: see [`InputBuffer`]). Errors if `chunks` do not fit `shape`
+    /// (adapters included: used exactly when `shape.lora`).
     pub fn build_padded(
         buffer: &InputBuffer,
         chunks: &[SequenceChunk<'_>],
@@ -239,9 +248,9 @@ impl ModelInput {
         device: &Device,
         shape: GraphShape,
     ) -> Result<Self> {
-        if GraphShape::for_decode(chunks, block_size)
-            .is_none_or(|s| s.seqs > shape.seqs || s.partitions > shape.partitions)
-        {
+        if GraphShape::for_decode(chunks, block_size).is_none_or(|s| {
+            s.seqs > shape.seqs || s.partitions > shape.partitions || s.lora != shape.lora
+        }) {
             return Err(ModelError::invalid(
                 "batch",
                 format!("this step does not fit the padded decode shape {shape:?}"),
@@ -287,7 +296,10 @@ impl ModelInput {
         let mut cu_seqlens_q = Vec::with_capacity(chunks.len() + 1);
         let mut seq_lens = Vec::with_capacity(chunks.len());
         let mut logits_indices = Vec::with_capacity(chunks.len());
-        let any_lora = chunks.iter().any(|c| c.lora_slot.is_some());
+        let any_lora = match padded {
+            Some((shape, _)) => shape.lora,
+            None => chunks.iter().any(|c| c.lora_slot.is_some()),
+        };
         let mut lora_slots = Vec::with_capacity(if any_lora { num_tokens } else { 0 });
         let max_blocks = match padded {
             Some((shape, _)) => shape.table_width,
@@ -354,8 +366,9 @@ impl ModelInput {
         // The attention op's work lists, made once for every layer.
         let lists = PagedAttentionMetadata::work_lists(&cu_seqlens_q, &seq_lens);
         // One upload: [ids | positions | slots | block tables | logits rows | row items |
-        // tiles].
+        // tiles | adapter slots].
         let device_slots = SlotMapping::device_slots(&slot_mapping)?;
+        let device_lora_slots = wick_kernels::LoraBatch::device_slots(&lora_slots);
         let lens = [
             num_tokens,
             num_tokens,
@@ -364,6 +377,7 @@ impl ModelInput {
             num_sampled,
             lists.rows.len(),
             lists.tiles.len(),
+            device_lora_slots.len(),
         ];
         let mut packed = Vec::with_capacity(lens.iter().sum());
         for piece in [
@@ -374,6 +388,7 @@ impl ModelInput {
             &logits_indices,
             &lists.rows,
             &lists.tiles,
+            &device_lora_slots,
         ] {
             packed.extend_from_slice(piece);
         }
@@ -384,8 +399,8 @@ impl ModelInput {
             pieces.push(memory.narrow(0, start, len)?);
             start += len;
         }
-        let [ids_t, positions_t, slots_t, tables_t, logits_t, rows_t, tiles_t] =
-            <[Tensor; 7]>::try_from(pieces).map_err(|_| ModelError::invalid("batch", "pieces"))?;
+        let [ids_t, positions_t, slots_t, tables_t, logits_t, rows_t, tiles_t, lora_t] =
+            <[Tensor; 8]>::try_from(pieces).map_err(|_| ModelError::invalid("batch", "pieces"))?;
         let attention = PagedAttentionMetadata::from_parts(
             block_tables,
             max_blocks,
@@ -407,6 +422,7 @@ impl ModelInput {
             num_sampled,
             num_seqs,
             num_tokens,
+            lora_slots_device: (!lora_slots.is_empty()).then_some(lora_t),
             lora_slots,
             graph_shape: padded.map(|(shape, _)| shape),
             _lease: lease,
@@ -526,6 +542,7 @@ mod tests {
             seqs: 2,
             partitions: 1,
             table_width: 64,
+            lora: false,
         };
         assert_eq!(shape, want);
         let three = [chunks[0].clone(), chunks[1].clone(), chunks[1].clone()];
@@ -533,14 +550,7 @@ mod tests {
         let deep = [decode(a, 600, &[0; 151])];
         let deep = GraphShape::for_decode(&deep, 4).unwrap();
         assert_eq!((deep.partitions, deep.table_width), (4, 256));
-        let not_decode = [
-            chunk(&[1, 2], &[0], true),
-            chunk(&[1], &[0], false),
-            SequenceChunk {
-                lora_slot: Some(0),
-                ..chunk(&[1], &[0], true)
-            },
-        ];
+        let not_decode = [chunk(&[1, 2], &[0], true), chunk(&[1], &[0], false)];
         for c in not_decode {
             assert_eq!(GraphShape::for_decode(&[c], 4), None);
         }

@@ -76,6 +76,9 @@ pub struct LlamaModel {
     device: Device,
     /// Rank of the adapter in each LoRA slot (0: empty); empty when LoRA is not enabled.
     lora_ranks: Vec<usize>,
+    /// The same ranks as u32 `[slots]` on the device, for the LoRA kernels; rewritten (one
+    /// small upload) by every `enable_lora`/`set_lora`, never by a step.
+    lora_rank_table: Option<Tensor>,
     /// Bytes of the weights by storage type.
     weight_bytes: WeightBytes,
 }
@@ -110,6 +113,7 @@ impl LlamaModel {
             dtype,
             device: device.clone(),
             lora_ranks: Vec::new(),
+            lora_rank_table: None,
             weight_bytes: ld.bytes(),
         })
     }
@@ -127,6 +131,19 @@ impl LlamaModel {
             }
         }
         self.lora_ranks = vec![0; num_slots];
+        self.upload_lora_ranks()
+    }
+
+    /// Writes `lora_ranks` to the device table the LoRA kernels read.
+    fn upload_lora_ranks(&mut self) -> Result<()> {
+        let ranks = (self.lora_ranks.iter())
+            .map(|&r| {
+                u32::try_from(r)
+                    .map_err(|_| ModelError::invalid("LoRA rank", format!("{r} is too large")))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let len = ranks.len();
+        self.lora_rank_table = Some(Tensor::from_vec(ranks, len, &self.device)?);
         Ok(())
     }
 
@@ -160,7 +177,7 @@ impl LlamaModel {
             }
         }
         self.lora_ranks[slot] = adapter.map_or(0, |a| a.rank);
-        Ok(())
+        self.upload_lora_ranks()
     }
 
     /// The model's configuration.
@@ -181,6 +198,13 @@ impl LlamaModel {
     /// Checks `input` against the model and `cache` as a forward pass does before it
     /// runs anything (see [`crate::Model::check_input`]).
     pub fn check_input(&self, input: &ModelInput, cache: &KvCache) -> Result<()> {
+        self.checked_lora(input, cache).map(drop)
+    }
+
+    /// Checks `input` against the model and `cache`; returns the step's LoRA batch (`None`
+    /// when no sequence uses an adapter): the tokens' slots from the step's upload, the
+    /// ranks from the model's device table.
+    fn checked_lora(&self, input: &ModelInput, cache: &KvCache) -> Result<Option<LoraBatch>> {
         if cache.layers.len() != self.layers.len() {
             return Err(ModelError::invalid(
                 "KV cache",
@@ -205,23 +229,26 @@ impl LlamaModel {
             .slot_mapping
             .check(cache.num_blocks * cache.block_size)?;
         (input.attention).check(input.num_tokens, cache.num_blocks, cache.block_size)?;
-        Ok(())
+        match (&input.lora_slots_device, &self.lora_rank_table) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Err(ModelError::invalid(
+                "batch",
+                "a sequence uses an adapter but LoRA is not enabled",
+            )),
+            (Some(slots), Some(ranks)) => Ok(Some(LoraBatch::with_tables(
+                &input.lora_slots,
+                &self.lora_ranks,
+                slots,
+                ranks,
+            )?)),
+        }
     }
 
     /// Runs one step over `input`, writing its K/V into `cache`; returns f32 logits
     /// `[num_sampled, vocab]`, for the last token of each sequence to sample.
     pub fn forward(&self, input: &ModelInput, cache: &mut KvCache) -> Result<Tensor> {
-        self.check_input(input, cache)?;
+        let lora = self.checked_lora(input, cache)?;
         let rotary = self.rotary.at(&input.positions)?;
-        let lora = if input.lora_slots.is_empty() {
-            None
-        } else {
-            Some(LoraBatch::new(
-                &input.lora_slots,
-                &self.lora_ranks,
-                &self.device,
-            )?)
-        };
         let lora = lora.as_ref();
         // The residual stream and its normalised copy: each layer's residual addition and
         // the norm after it are one op (the last layer's with the final norm).

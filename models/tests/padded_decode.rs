@@ -116,7 +116,8 @@ fn a_padded_step_is_the_unpadded_step_bit_for_bit_and_dummies_write_nothing() {
         GraphShape {
             seqs: 4,
             partitions: 1,
-            table_width: 16
+            table_width: 16,
+            lora: false,
         }
     );
     let buffer = InputBuffer::new();
@@ -126,6 +127,7 @@ fn a_padded_step_is_the_unpadded_step_bit_for_bit_and_dummies_write_nothing() {
             seqs: 8,
             partitions: 4,
             table_width: 64,
+            lora: false,
         },
     ] {
         let input = ModelInput::build_padded(&buffer, &decode, bs, model.device(), wider).unwrap();

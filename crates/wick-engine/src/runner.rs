@@ -8,7 +8,9 @@
 //! step is padded to a [`GraphShape`] and laid out in that shape's own input memory; the
 //! first step of a shape is captured as a [`StepGraph`], later ones replay it (on CUDA one
 //! graph launch; on the CPU, the twin the tests run, the same step rerun into the same
-//! output memory). Steps with prefills, adapters or more than 256 sequences run as they are.
+//! output memory). Decode steps with adapters are shapes of their own, whose graphs are
+//! dropped whenever an adapter is loaded or unloaded (the adapters' device memory may move);
+//! steps with prefills or more than 256 sequences run as they are.
 
 use crate::kv::SeqId;
 use crate::scheduler::ScheduledSeq;
@@ -230,12 +232,19 @@ impl ModelRunner {
         self.forward(seqs, &input)
     }
 
-    /// Copies `adapter` into the model's LoRA `slot` (`None` empties it).
+    /// Copies `adapter` into the model's LoRA `slot` (`None` empties it). Graphs of steps
+    /// with adapters are dropped (captured again when next needed): they read the adapters'
+    /// weights and rank table where they were, which this may reallocate.
     pub fn load_lora(
         &mut self,
         slot: u32,
         adapter: Option<&wick_models::LoraAdapter>,
     ) -> wick_models::Result<()> {
+        if let Some(graphs) = self.graphs.as_mut() {
+            for graph in (graphs.iter_mut()).filter_map(|(s, g)| s.lora.then_some(g)) {
+                graph.captured = None;
+            }
+        }
         self.model.set_lora(slot as usize, adapter)
     }
 }

@@ -1,6 +1,7 @@
 //! The engine with `cuda_graphs` on (`wick serve --cuda-graphs`) and SmolLM2: decode steps
 //! padded to their shape and run through a captured step (on the CPU its twin) give the
-//! golden greedy results.
+//! golden greedy results; decode steps with adapters (a tiny model of
+//! ../shared/fixtures/tiny) have graphs of their own, dropped when an adapter changes.
 //!
 //! Needs the model file: run `scripts/fetch-test-model.sh` (or set WICK_SMOLLM2_GGUF).
 
@@ -58,14 +59,22 @@ fn golden_cases_with_graphs_on_pad_capture_and_replay_decode_steps() {
 
 /// Greedy tokens of every row of `step`.
 fn greedy(step: &wick_engine::runner::StepLogits) -> Vec<u32> {
+    drawn(step).iter().map(|d| d.token).collect()
+}
+
+/// Every row of `step` sampled greedily with its logprob and the 20 most likely tokens'
+/// (enough of the logits to tell two computations apart).
+fn drawn(step: &wick_engine::runner::StepLogits) -> Vec<wick_kernels::SampledToken> {
     let mut batch = wick_kernels::SamplingBatch::new(step.vocab());
+    let params = wick_kernels::RowParams {
+        logprob: true,
+        top_logprobs: wick_kernels::MAX_TOP_LOGPROBS as u32,
+        ..wick_kernels::RowParams::greedy()
+    };
     for _ in step.rows() {
-        batch
-            .push(wick_kernels::RowParams::greedy(), Default::default())
-            .unwrap();
+        batch.push(params, Default::default()).unwrap();
     }
-    let drawn = wick_engine::runner::ModelRunner::sample(step, &batch).unwrap();
-    drawn.iter().map(|d| d.token).collect()
+    wick_engine::runner::ModelRunner::sample(step, &batch).unwrap()
 }
 
 #[test]
@@ -120,4 +129,66 @@ fn results_held_at_once_never_share_a_graphs_memory() {
             case.id
         );
     }
+}
+
+#[test]
+fn adapter_decode_steps_have_graphs_of_their_own_dropped_when_adapters_change() {
+    // A decode step mixing two adapters and the base model is a shape of its own; replays
+    // give what the step run as it is gives, bit for bit; changing an adapter drops the
+    // graph (it reads the adapters' memory), and the next step, captured again, sees the
+    // change.
+    use wick_engine::kv::SeqId;
+    use wick_engine::runner::ModelRunner;
+    use wick_engine::scheduler::ScheduledSeq;
+    use wick_test_support::tiny::TinyGolden;
+    let golden = TinyGolden::load();
+    let m = golden.model("llama3-tied");
+    let mut model = m.load(DType::F32).model;
+    model.enable_lora(2).unwrap();
+    let cfg = model.config().clone();
+    let cache = wick_models::KvCache::new(&cfg, 4, 64, DType::F32, model.device()).unwrap();
+    let mut runner = ModelRunner::new(model, cache);
+    runner.enable_graphs();
+    let adapter = |name: &str| {
+        let dir = m.adapter_dir(name);
+        wick_models::LoraAdapter::load(dir.to_str().unwrap(), &cfg, 64).unwrap()
+    };
+    runner.load_lora(0, Some(&adapter("all-r8"))).unwrap();
+    runner.load_lora(1, Some(&adapter("qv-r4-rslora"))).unwrap();
+    let prompt = &m.cases[0].prompt_token_ids;
+    let seq = |i: usize, tokens: Vec<u32>, computed: usize| ScheduledSeq {
+        seq: SeqId {
+            request: wick_core::RequestId(i as u64),
+            index: 0,
+        },
+        token_ids: tokens,
+        num_computed_tokens: computed,
+        block_table: (16 * i as u32..16 * i as u32 + 16).collect(),
+        sample: true,
+        lora_slot: [Some(0), Some(1), None][i],
+    };
+    for i in 0..3 {
+        runner.run(&[&seq(i, prompt.clone(), 0)]).unwrap();
+    }
+    let decode: Vec<ScheduledSeq> = (0..3).map(|i| seq(i, vec![7], prompt.len())).collect();
+    let decode: Vec<&ScheduledSeq> = decode.iter().collect();
+    let through_graph = |runner: &mut ModelRunner| {
+        let input = runner.prepare(&decode).unwrap();
+        let shape = input.graph_shape.expect("a padded decode step");
+        assert!(shape.lora && shape.seqs == 4, "{shape:?}");
+        drawn(&runner.forward(&decode, &input).unwrap())
+    };
+    let eager = drawn(&runner.run(&decode).unwrap());
+    assert_ne!(eager[0], eager[2], "the adapter changes the row");
+    assert_eq!(through_graph(&mut runner), eager, "captured");
+    assert_eq!(through_graph(&mut runner), eager, "replayed");
+    assert_eq!((runner.graph_steps(), runner.graph_shapes().len()), (2, 1));
+
+    runner.load_lora(1, None).unwrap();
+    assert!(runner.graph_shapes().is_empty(), "dropped with the change");
+    let emptied = drawn(&runner.run(&decode).unwrap());
+    assert_ne!(emptied[1], eager[1], "slot 1 lost its adapter");
+    assert_eq!((&emptied[0], &emptied[2]), (&eager[0], &eager[2]));
+    assert_eq!(through_graph(&mut runner), emptied, "captured again");
+    assert_eq!((runner.graph_steps(), runner.graph_shapes().len()), (3, 1));
 }

@@ -3,7 +3,7 @@
 //! at once, so that steps hold base and adapter rows together (asserted); the same with a
 //! single adapter slot, so adapters are swapped in and out while requests wait for theirs;
 //! unloading a name with a request in flight lets it finish and refuses the next with
-//! NotFound.
+//! NotFound; with `cuda_graphs`, both again through captured decode steps.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,9 +20,14 @@ use wick_test_support::tiny::{TinyGolden, TinyModel, MAX_TOKENS};
 const LOGPROB_TOL: f64 = 2e-3;
 
 fn start(m: &TinyModel, max_loras: usize) -> EngineHandle {
+    start_with(m, max_loras, false)
+}
+
+fn start_with(m: &TinyModel, max_loras: usize, cuda_graphs: bool) -> EngineHandle {
     let engine = common::start_loaded(m.load(DType::F32), |block_bytes| EngineConfig {
         kv_cache_memory: Some((256 * block_bytes) as u64),
         max_loras,
+        cuda_graphs,
         ..EngineConfig::default()
     });
     for a in &m.adapters {
@@ -90,6 +95,21 @@ fn one_slot_for_two_adapters_swaps_them_and_every_case_still_matches() {
     run_all_cases(m, &engine);
     assert_eq!(engine.stats().max_loras_in_step, 1);
     engine.shutdown();
+}
+
+#[test]
+fn with_graphs_adapter_decode_steps_replay_and_swaps_capture_again() {
+    // Decode steps with adapters go through graphs too; with one slot the adapters are
+    // swapped while graphs of adapter steps exist, which must be captured again.
+    let golden = TinyGolden::load();
+    let m = golden.model("qwen2-yarn");
+    for max_loras in [2, 1] {
+        let engine = start_with(m, max_loras, true);
+        run_all_cases(m, &engine);
+        let stats = wait_for(&engine, |s| s.num_running == 0 && s.num_used_blocks == 0);
+        assert!(stats.graph_steps > 0, "{stats:?}");
+        engine.shutdown();
+    }
 }
 
 #[test]

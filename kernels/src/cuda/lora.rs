@@ -1,11 +1,11 @@
 //! The CUDA path of [`crate::lora_apply`]: launches the shrink and expand kernels of
-//! kernels/lora.cu over the per-token `{slot, rank}` table that [`crate::LoraBatch`]
-//! uploaded when it was built. Nothing is copied back to the host, so a step using it can
-//! be captured as a CUDA graph.
+//! kernels/lora.cu over the [`crate::LoraBatch`]'s device tables (each token's slot, each
+//! slot's rank). Nothing is copied to or from the host, so a step using it can be captured
+//! as a CUDA graph; the grids depend on the shapes only.
 //!
-//! The public function has checked shapes, dtypes, devices and every slot's rank against
-//! the stacks; the batch's table holds only checked slots. Sizes are checked here to fit
-//! the kernels' u32 arithmetic and grid limits.
+//! The public function has checked shapes, dtypes and devices; the kernels read a slot
+//! outside the stacks as no adapter and a rank above the stacks' as theirs. Sizes are
+//! checked here to fit the kernels' u32 arithmetic and grid limits.
 
 use super::{as_u32, view};
 use crate::lora::LoraApply;
@@ -60,15 +60,16 @@ fn launch<T: CudaDType + DeviceRepr>(
     b: (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let d = op.dims;
-    let Some(info) = op.batch.token_info() else {
-        bail!("lora_apply: the LoraBatch holds no GPU slot table (built for the CPU?)");
+    let Some((slots, ranks)) = op.batch.tables() else {
+        bail!("lora_apply: the LoraBatch holds no GPU tables (built for the CPU?)");
     };
     let sizes = [
         (x.1, d.num_tokens * d.in_dim, "x"),
         (a.1, d.num_slots * d.max_rank * d.in_dim, "a"),
         (b.1, d.num_slots * d.out_dim * d.max_rank, "b"),
         (op.y.layout(), d.num_tokens * d.out_dim, "y"),
-        (info.layout(), d.num_tokens * 2, "the slot table"),
+        (slots.layout(), d.num_tokens, "the slot table"),
+        (ranks.layout(), d.num_slots, "the rank table"),
     ];
     for (layout, want, what) in sizes {
         if layout.shape().elem_count() != want {
@@ -104,11 +105,15 @@ fn launch<T: CudaDType + DeviceRepr>(
         bail!("lora_apply: y must be on the GPU like x");
     };
     let yv = view::<T>(y_storage, y_l, "y")?;
-    let (info_storage, info_l) = info.storage_and_layout();
-    let Storage::Cuda(info_storage) = &*info_storage else {
-        bail!("lora_apply: the LoraBatch's slot table must be on the GPU like x");
+    let (slots_storage, slots_l) = slots.storage_and_layout();
+    let (ranks_storage, ranks_l) = ranks.storage_and_layout();
+    let (Storage::Cuda(slots_storage), Storage::Cuda(ranks_storage)) =
+        (&*slots_storage, &*ranks_storage)
+    else {
+        bail!("lora_apply: the LoraBatch's tables must be on the GPU like x");
     };
-    let iv = view::<u32>(info_storage, info_l, "the slot table")?;
+    let sv = view::<u32>(slots_storage, slots_l, "the slot table")?;
+    let rv = view::<u32>(ranks_storage, ranks_l, "the rank table")?;
 
     let mut h = dev.alloc_zeros::<f32>(d.num_tokens * d.max_rank)?;
     // SAFETY: uninitialised, but the expand kernel's grid covers every (token, o) and each
@@ -125,11 +130,12 @@ fn launch<T: CudaDType + DeviceRepr>(
         builder.arg(&mut h);
         builder.arg(&xv);
         builder.arg(&av);
-        builder.arg(&iv);
+        builder.arg(&sv);
+        builder.arg(&rv);
         builder.arg(&geo);
         // SAFETY: the arguments match `wick_lora_shrink_{name}` for element type T; `h` holds
-        // num_tokens * max_rank f32, x, a and the table have the sizes checked above, and the
-        // kernel skips table entries outside num_slots and max_rank.
+        // num_tokens * max_rank f32, x, a and the tables have the sizes checked above, and
+        // the kernel skips slots outside num_slots and reads at most max_rank rows.
         unsafe { builder.launch(cfg) }.w()?;
     }
     let func = super::kernel(&dev, &super::LORA, &format!("wick_lora_expand_{name}"))?;
@@ -143,10 +149,11 @@ fn launch<T: CudaDType + DeviceRepr>(
     builder.arg(&yv);
     builder.arg(&h);
     builder.arg(&bv);
-    builder.arg(&iv);
+    builder.arg(&sv);
+    builder.arg(&rv);
     builder.arg(&geo);
     // SAFETY: the arguments match `wick_lora_expand_{name}` for element type T; `out` and y
-    // hold num_tokens * out_dim elements, b and the table the sizes checked above; it reads
+    // hold num_tokens * out_dim elements, b and the tables the sizes checked above; it reads
     // the h entries the shrink kernel wrote before it on the same stream.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))

@@ -1,14 +1,15 @@
 //! The CUDA side of wick-kernels (feature `cuda`): the fatbins (`sm_90` machine code and
 //! PTX) that build.rs compiled from kernels/*.cu, embedded in the library, loaded once per
-//! device ([`kernel`]) and launched on candle's `CudaDevice` stream (cudarc). Each op's `cuda_fwd` lands here; the op's public function has already checked
-//! shapes, dtypes and devices exactly as for the CPU.
+//! device ([`kernel`]) and launched on candle's `CudaDevice` stream (cudarc). Each op's
+//! `cuda_fwd` lands here; the op's public function has already checked shapes, dtypes and
+//! devices exactly as for the CPU.
 //!
 //! Metadata values (slots, block tables, sequence lengths) are checked on the host, as on
 //! the CPU, from the host copies that [`crate::SlotMapping`] and
 //! [`crate::PagedAttentionMetadata`] keep beside their device tensors: a step reads nothing
 //! back from the GPU except the sampled tokens (and requested logprobs) of the sampling op.
-//! The LoRA op's [`crate::LoraBatch`] is likewise checked on the host and uploaded once per
-//! step.
+//! The LoRA op's [`crate::LoraBatch`] is likewise checked on the host; its kernels read the
+//! token slots of the step's upload and the slot ranks the model keeps on the device.
 
 pub(crate) mod attention;
 pub(crate) mod cache;

@@ -248,7 +248,7 @@ fn non_contiguous_inputs_are_accepted(dev: &Device) -> Result<()> {
 fn no_adapter_returns_y_bit_for_bit(dev: &Device) -> Result<()> {
     let mut gen = rng(603);
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        // Every token on -1, or on an empty slot.
+        // Every token on -1 (no kernel runs), or on an empty slot (they run, adding nothing).
         for slots in [vec![-1; 7], vec![-1, 1, -1, 1, 1, -1, 1]] {
             let c = Case {
                 in_dim: 20,
@@ -259,7 +259,7 @@ fn no_adapter_returns_y_bit_for_bit(dev: &Device) -> Result<()> {
                 seed: gen.random(),
             };
             let batch = c.batch(dev)?;
-            assert!(batch.is_empty());
+            assert_eq!(batch.is_empty(), c.slots.iter().all(|&s| s == -1));
             let [y, x, a, b] = c.tensors(&c.data(), dtype, dev)?;
             let out = lora_apply(&y, &x, &a, &b, &batch)?;
             let bits = |t: &Tensor| -> Result<Vec<u8>> {
@@ -306,8 +306,6 @@ fn bad_input_is_an_error(dev: &Device) -> Result<()> {
     let b = rand_f32(&mut gen, &[2, 5, 4], dev)?;
     lora_apply(&y, &x, &a, &b, &batch)?;
 
-    let too_big = LoraBatch::new(&[0, -1, 1], &[4, 5], dev)?;
-    expect_err(lora_apply(&y, &x, &a, &b, &too_big), "rank 5");
     let three_slots = LoraBatch::new(&[0, -1, 1], &[4, 2, 1], dev)?;
     expect_err(lora_apply(&y, &x, &a, &b, &three_slots), "slots");
     let two_tokens = LoraBatch::new(&[0, 1], &[4, 2], dev)?;
@@ -348,7 +346,17 @@ fn bad_input_is_an_error(dev: &Device) -> Result<()> {
         ),
         "dtype",
     );
+    // Device tables of the wrong shape, dtype or device.
+    let slots_t = Tensor::new(&[0u32, u32::MAX, 1], dev)?;
+    let ranks_t = Tensor::new(&[4u32, 2], dev)?;
+    let tables = |s: &Tensor, r: &Tensor| LoraBatch::with_tables(&[0, -1, 1], &[4, 2], s, r);
+    tables(&slots_t, &ranks_t)?;
+    expect_err(tables(&slots_t.narrow(0, 0, 2)?, &ranks_t), "slot table");
+    expect_err(tables(&slots_t, &slots_t), "rank table");
+    expect_err(tables(&slots_t.to_dtype(DType::F32)?, &ranks_t), "u32");
     if !dev.is_cpu() {
+        let cpu_ranks = ranks_t.to_device(&Device::Cpu)?;
+        expect_err(tables(&slots_t, &cpu_ranks), "different devices");
         // A batch built for the CPU cannot serve GPU tensors, nor the other way round.
         let cpu_batch = LoraBatch::new(&[0, -1, 1], &[4, 2], &Device::Cpu)?;
         expect_err(lora_apply(&y, &x, &a, &b, &cpu_batch), "device");
@@ -358,7 +366,29 @@ fn bad_input_is_an_error(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// A slot whose rank is above the stacks' reads the stacks' rank of rows (a projection the
+/// larger adapter does not target), exactly as a batch naming that rank; and a batch over
+/// device tables the caller keeps gives what one that uploads its own does.
+fn ranks_above_the_stacks_and_caller_tables(dev: &Device) -> Result<()> {
+    let c = even_case(9, 24, 40, 2, 8, 605);
+    let [y, x, a, b] = c.tensors(&c.data(), DType::F32, dev)?;
+    let want = lora_apply(&y, &x, &a, &b, &c.batch(dev)?)?;
+    let larger: Vec<usize> = c.ranks.iter().map(|r| r + 24).collect();
+    let got = lora_apply(&y, &x, &a, &b, &LoraBatch::new(&c.slots, &larger, dev)?)?;
+    assert_close(&got, &want, (0.0, 0.0), "rank above the stacks'");
+
+    let ranks: Vec<u32> = c.ranks.iter().map(|&r| r as u32).collect();
+    let slots_t = Tensor::new(LoraBatch::device_slots(&c.slots).as_slice(), dev)?;
+    let ranks_t = Tensor::new(ranks.as_slice(), dev)?;
+    let batch = LoraBatch::with_tables(&c.slots, &c.ranks, &slots_t, &ranks_t)?;
+    let got = lora_apply(&y, &x, &a, &b, &batch)?;
+    assert_close(&got, &want, (0.0, 0.0), "caller's tables");
+    assert_eq!(LoraBatch::device_slots(&[-1, 0, 3]), [u32::MAX, 0, 3]);
+    Ok(())
+}
+
 device_tests!(
+    ranks_above_the_stacks_and_caller_tables,
     random_batches_match_naive_loop,
     large_and_degenerate_batches_match_naive_loop,
     half_precision_matches_f32,
