@@ -2,12 +2,19 @@
 //! weights are loaded, one step of the full token budget runs on a throwaway cache to
 //! measure the activations' peak, and the cache gets `utilization` of the GPU's memory
 //! minus what is in use (weights, the CUDA context, any other process) minus that peak.
+//! With `--cuda-graphs` the graphs' memory is set aside too: captured decode steps keep
+//! their activations in a pool of their own, outside the one eager steps use. CUDA reuses
+//! that pool's memory between graphs launched on one stream, so it is estimated as the
+//! peak of the largest decode step a graph can hold (the most sequences a step may have,
+//! rounded up to a graph batch size, at the longest context), measured the same way: an
+//! estimate, not run on a GPU yet (scripts/gpu-run.sh logs the GPU's memory in use with
+//! and without graphs, to compare).
 //! `--kv-cache-memory` overrides it; on the CPU the default stays
 //! [`super::DEFAULT_KV_CACHE_MEMORY`].
 
 use wick_core::WickError;
 use wick_kernels::{device_memory, peak_allocation};
-use wick_models::{KvCache, Model, ModelInput, SequenceChunk};
+use wick_models::{GraphShape, InputBuffer, KvCache, Model, ModelInput, SequenceChunk};
 
 /// Bytes of KV cache a GPU of `total` bytes leaves at `utilization` when `used` bytes are
 /// in use after loading and a step's activations peak at `activation_peak` bytes. Errors,
@@ -33,13 +40,15 @@ pub(crate) fn kv_cache_bytes(
 
 /// The KV cache bytes for `model`'s GPU (see the module docs), or `None` on the CPU.
 /// Runs one forward pass of `max_num_batched_tokens` prompt tokens, in sequences of at most
-/// `max_model_len`.
+/// `max_model_len`, and with `graph_seqs` (graphs on: the most sequences a step may have)
+/// a decode step as the largest graph would replay it.
 pub(crate) fn kv_cache_bytes_from_device(
     model: &Model,
     block_size: usize,
     max_num_batched_tokens: usize,
     max_model_len: usize,
     utilization: f64,
+    graph_seqs: Option<usize>,
 ) -> Result<Option<u64>, WickError> {
     let internal = |what: &str, e: &dyn std::fmt::Display| {
         WickError::internal(format!(
@@ -57,17 +66,29 @@ pub(crate) fn kv_cache_bytes_from_device(
             .map_err(|e| candle_core::Error::msg(e.to_string()))
     })
     .map_err(|e| internal("profiling step", &e))?;
+    let graph_peak = match graph_seqs {
+        None => 0,
+        Some(seqs) => {
+            let (_, peak) = peak_allocation(model.device(), || {
+                profile_decode_step(model, block_size, seqs, max_model_len)
+                    .map_err(|e| candle_core::Error::msg(e.to_string()))
+            })
+            .map_err(|e| internal("profiling a graph's decode step", &e))?;
+            peak.unwrap_or(0)
+        }
+    };
     let memory = device_memory(model.device())
         .map_err(|e| internal("memory query", &e))?
         .ok_or_else(|| WickError::internal("the GPU's memory is unknown"))?;
     let used = memory.total.saturating_sub(memory.free);
     let peak = peak.unwrap_or(0);
-    let bytes = kv_cache_bytes(memory.total, used, peak, utilization)
+    let bytes = kv_cache_bytes(memory.total, used, peak + graph_peak, utilization)
         .map_err(|e| WickError::invalid_param("gpu_memory_utilization", e))?;
     tracing::info!(
         total_bytes = memory.total,
         used_after_load_bytes = used,
         activation_peak_bytes = peak,
+        graph_pool_estimate_bytes = graph_peak,
         gpu_memory_utilization = utilization,
         kv_cache_bytes = bytes,
         "KV cache sized from the GPU's memory"
@@ -114,6 +135,47 @@ pub(crate) fn profile_step(
     Ok(())
 }
 
+/// A decode step of `seqs` sequences (rounded up to a graph batch size, at most the
+/// largest) at a context of `max_len` tokens, laid out as a graph replays it, on a cache of
+/// one block per sequence: sequence i writes its token to block i and reads block 0 for
+/// the rest of its context (the values do not matter, the memory does).
+pub(crate) fn profile_decode_step(
+    model: &Model,
+    block_size: usize,
+    seqs: usize,
+    max_len: usize,
+) -> wick_models::Result<()> {
+    let largest = wick_models::GRAPH_BATCH_SIZES[wick_models::GRAPH_BATCH_SIZES.len() - 1];
+    let max_len = max_len.max(1);
+    let width = max_len.div_ceil(block_size);
+    let seqs = seqs.clamp(1, largest);
+    let tables: Vec<Vec<u32>> = (0..seqs as u32)
+        .map(|i| {
+            let mut table = vec![0u32; width];
+            table[width - 1] = i;
+            table
+        })
+        .collect();
+    let chunks: Vec<SequenceChunk<'_>> = (tables.iter())
+        .map(|table| SequenceChunk {
+            tokens: &[0],
+            num_computed_tokens: max_len - 1,
+            block_table: table,
+            lora_slot: None,
+            sample: true,
+        })
+        .collect();
+    let shape = GraphShape::for_decode(&chunks, block_size)
+        .ok_or_else(|| wick_models::ModelError::invalid("profile", "no graph shape"))?;
+    let cfg = model.config();
+    let mut cache = KvCache::new(cfg, block_size, seqs, model.dtype(), model.device())?;
+    let buffer = InputBuffer::new();
+    let input = ModelInput::build_padded(&buffer, &chunks, block_size, model.device(), shape)?;
+    model.forward(&input, &mut cache)?;
+    model.device().synchronize()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,10 +201,12 @@ mod tests {
         let loaded = wick_test_support::load_smollm2(candle_core::DType::F32);
         profile_step(&loaded.model, 16, 100, 40).unwrap();
         profile_step(&loaded.model, 16, 7, 2048).unwrap();
-        assert_eq!(
-            kv_cache_bytes_from_device(&loaded.model, 16, 100, 40, 0.9).unwrap(),
-            None
-        );
+        // The graphs' decode step: 5 sequences padded to 8 at a context of 2048 tokens.
+        profile_decode_step(&loaded.model, 16, 5, 2048).unwrap();
+        for graphs in [None, Some(5)] {
+            let bytes = kv_cache_bytes_from_device(&loaded.model, 16, 100, 40, 0.9, graphs);
+            assert_eq!(bytes.unwrap(), None);
+        }
     }
 
     #[test]

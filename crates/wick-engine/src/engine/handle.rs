@@ -155,6 +155,7 @@ impl EngineHandle {
                     budget,
                     max_model_len,
                     utilization,
+                    config.cuda_graphs.then_some(config.max_num_seqs),
                 )?
                 .unwrap_or(DEFAULT_KV_CACHE_MEMORY)
             }
