@@ -2,11 +2,14 @@
 """Python half of scripts/gpu-run.sh, run on the GPU machine (PyTorch + transformers).
 
   make-model DIR                 random-weight Llama-3.2-1B-shaped bf16 model + tokenizer
+  make-adapter MODEL DIR RANK    a random PEFT LoRA adapter of rank RANK on all seven
+                                 projections of MODEL (its config.json), B non-zero
   compare MODEL WICK_PREFIX OUT  wick's dumped logits (examples/logits_dump) against
                                  transformers' on the same weights, teacher-forced
   bench MODEL PROMPT_LEN DECODE  the same prefill/decode measurement through transformers
-  greedy URL OUT                 greedy completions from a running `wick serve`: 8 prompts
-                                 one at a time, then one request of n=3 (a decode batch of 3)
+  greedy URL OUT [MODEL]         greedy completions from a running `wick serve`: 8 prompts
+                                 one at a time, then one request of n=3 (a decode batch of 3);
+                                 with MODEL, also the same through that served adapter
   same-greedy A B                two `greedy` results: the one-at-a-time completions must be
                                  identical (batch size 1: the same kernels with or without a
                                  graph); the n=3 ones are reported (cuBLAS may pick another
@@ -17,7 +20,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 # The rope settings make-model means to write (Llama 3.2's). transformers v5 saves them
 # under `rope_parameters`, v4 as `rope_theta` + `rope_scaling`; `compare` first checks that
@@ -28,6 +30,7 @@ ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq
 
 
 def make_model(path):
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -63,7 +66,40 @@ def make_model(path):
     print("saved", path, sum(p.numel() for p in model.parameters()), "parameters")
 
 
+def make_adapter(model_dir, path, rank):
+    """numpy and safetensors only (no PEFT needed): PEFT's file names, tensor names and
+    config fields, with both A and B random (PEFT starts B at zero) so that it matters."""
+    import os
+
+    from safetensors.numpy import save_file
+
+    cfg = json.load(open(f"{model_dir}/config.json"))
+    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    d = cfg.get("head_dim") or h // heads
+    dims = {"self_attn.q_proj": (h, heads * d), "self_attn.k_proj": (h, kv * d),
+            "self_attn.v_proj": (h, kv * d), "self_attn.o_proj": (heads * d, h),
+            "mlp.gate_proj": (h, inter), "mlp.up_proj": (h, inter), "mlp.down_proj": (inter, h)}
+    rng = np.random.default_rng(1)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for module, (inp, out) in dims.items():
+            name = f"base_model.model.model.layers.{layer}.{module}"
+            tensors[f"{name}.lora_A.weight"] = (rng.standard_normal((rank, inp)) / np.sqrt(inp)).astype(np.float32)
+            tensors[f"{name}.lora_B.weight"] = (0.05 * rng.standard_normal((out, rank))).astype(np.float32)
+    os.makedirs(path, exist_ok=True)
+    save_file(tensors, f"{path}/adapter_model.safetensors")
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank,
+              "use_rslora": False, "bias": "none", "fan_in_fan_out": False,
+              "target_modules": [m.split(".")[1] for m in dims],
+              "base_model_name_or_path": model_dir}
+    with open(f"{path}/adapter_config.json", "w") as f:
+        json.dump(config, f, indent=1)
+    print("saved", path, len(tensors), "tensors of rank", rank)
+
+
 def compare(model_dir, prefix, out_path):
+    import torch
     from transformers import LlamaForCausalLM
 
     meta = json.load(open(prefix + ".json"))
@@ -127,6 +163,7 @@ def compare(model_dir, prefix, out_path):
 
 
 def bench(model_dir, prompt_len, decode):
+    import torch
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16).cuda().eval()
@@ -147,12 +184,14 @@ def bench(model_dir, prompt_len, decode):
           f"decode_tok_per_s(incl. prefill)={decode / total:.1f}")
 
 
-def greedy(url, out_path):
+def greedy(url, out_path, adapter=None):
     import urllib.request
 
-    def complete(prompt, n):
-        body = json.dumps({"prompt": prompt, "max_tokens": 64, "temperature": 0, "n": n,
-                           "ignore_eos": True}).encode()
+    def complete(prompt, n, model=None):
+        req = {"prompt": prompt, "max_tokens": 64, "temperature": 0, "n": n, "ignore_eos": True}
+        if model:
+            req["model"] = model
+        body = json.dumps(req).encode()
         req = urllib.request.Request(url + "/v1/completions", data=body,
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=120) as r:
@@ -160,6 +199,16 @@ def greedy(url, out_path):
 
     prompts = [f"Prompt number {i}: " + "lorem ipsum " * (3 * i + 1) for i in range(8)]
     result = {"alone": [complete(p, 1)[0] for p in prompts], "n3": complete(prompts[0], 3)}
+    if adapter:
+        # One at a time through the adapter (batch size 1: exact), and the adapter beside
+        # the base model in one decode batch (n=3 each, sent at once).
+        result["adapter"] = [complete(p, 1, adapter)[0] for p in prompts]
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(2) as pool:
+            mixed = [pool.submit(complete, prompts[1], 3, m) for m in (adapter, None)]
+            result["mixed"] = [m.result() for m in mixed]
+        if result["adapter"] == result["alone"]:
+            sys.exit("the adapter changes no completion: it is not applied")
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)
 
@@ -171,6 +220,15 @@ def same_greedy(a_path, b_path):
         print(f"n=3 completion: {common} of {len(x)} characters agree")
     diff = [i for i, (x, y) in enumerate(zip(a["alone"], b["alone"])) if x != y]
     print(f"one at a time: {8 - len(diff)} of 8 identical")
+    if "adapter" in a or "adapter" in b:
+        if "adapter" not in a or "adapter" not in b:
+            sys.exit("only one of the runs has completions through the adapter")
+        ad = [i for i, (x, y) in enumerate(zip(a["adapter"], b["adapter"])) if x != y]
+        print(f"through the adapter, one at a time: {8 - len(ad)} of 8 identical")
+        diff += [f"adapter {i}" for i in ad]
+        for which, x, y in zip(("adapter", "base"), a["mixed"], b["mixed"]):
+            agree = sum(p == q for p, q in zip(x, y))
+            print(f"adapter and base in one batch, {which}: {agree} of {len(x)} completions identical")
     if diff:
         sys.exit(f"completions {diff} differ")
 
@@ -179,6 +237,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "make-model":
         make_model(*args)
+    elif cmd == "make-adapter":
+        make_adapter(args[0], args[1], int(args[2]))
     elif cmd == "compare":
         compare(*args)
     elif cmd == "bench":

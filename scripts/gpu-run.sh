@@ -10,8 +10,10 @@
 #      transformers' on the same weights and GPU, teacher-forced on wick's greedy tokens;
 #   5. `wick serve` sizing its KV cache from the GPU's memory (no --kv-cache-memory);
 #   6. a short benchmark (prefill and single-stream decode, examples/forward_bench);
-#   7. `wick serve` without and with --cuda-graphs: greedy completions compared, then
-#      `wick bench` at 32 concurrent streams on each, and the graph counters of /metrics.
+#   7. `wick serve` without and with --cuda-graphs, a random rank-16 LoRA adapter served
+#      beside the base model: greedy completions compared (base, through the adapter, and
+#      both in one batch), then `wick bench` at 32 concurrent streams on each, and the
+#      graph counters of /metrics.
 # Writes logs and results under $OUT (default ./gpu-out), with summary.txt listing each
 # step as ok/FAILED; keeps going after a failed step, and each step has a time limit (a
 # hang costs that step, not the GPU time of the rest). Exits non-zero if any step failed.
@@ -113,6 +115,8 @@ step kernel-tests 300 bash -c kernel_tests
 
 model="$work/llama-3.2-1b-random"
 step make-model 300 python3 "$root/scripts/gpu-check.py" make-model "$model"
+adapter="$work/lora-random"
+step make-adapter 120 python3 "$root/scripts/gpu-check.py" make-adapter "$model" "$adapter" 16
 
 # Prompts: a few tokens (decode only), one tile and a bit, several tiles, several 256-key
 # partitions; all in one ragged batch.
@@ -160,14 +164,15 @@ cuda_graphs() {
     local flags=()
     [ "$mode" = graphs ] && flags=(--cuda-graphs)
     "$bin/wick" serve --model "$model" --port 18412 --max-model-len 4096 \
-      --kv-cache-memory 8GiB "${flags[@]}" >"$OUT/cuda-graphs-$mode-serve.log" 2>&1 &
+      --kv-cache-memory 8GiB --lora-modules "ad=$adapter" --max-loras 2 "${flags[@]}" \
+      >"$OUT/cuda-graphs-$mode-serve.log" 2>&1 &
     pid=$!
     for _ in $(seq 240); do
       python3 -c "import urllib.request as u; u.urlopen('$url/ready', timeout=2)" 2>/dev/null && break
       kill -0 "$pid" 2>/dev/null || break
       sleep 1
     done
-    python3 "$root/scripts/gpu-check.py" greedy "$url" "$OUT/greedy-$mode.json" || rc=1
+    python3 "$root/scripts/gpu-check.py" greedy "$url" "$OUT/greedy-$mode.json" ad || rc=1
     "$bin/wick" bench --url "$url" --input-len 256 --output-len 128 --concurrency 32 \
       --num-requests 128 --tokenizer none --json "$OUT/bench-$mode.json" || rc=1
     python3 -c "import urllib.request as u; print(u.urlopen('$url/metrics').read().decode())" \
@@ -187,6 +192,7 @@ cuda_graphs() {
   return $rc
 }
 export -f cuda_graphs
+export adapter
 step cuda-graphs 420 bash -c cuda_graphs
 
 echo "results in $OUT"
