@@ -77,11 +77,31 @@ fn drawn(step: &wick_engine::runner::StepLogits) -> Vec<wick_kernels::SampledTok
     wick_engine::runner::ModelRunner::sample(step, &batch).unwrap()
 }
 
+/// Sequence `i` of a runner test: `tokens` after `computed` ones, blocks 16i..16i+16, a
+/// sampled row, on adapter `lora_slot`.
+fn scheduled(
+    i: usize,
+    tokens: Vec<u32>,
+    computed: usize,
+    lora_slot: Option<u32>,
+) -> wick_engine::scheduler::ScheduledSeq {
+    wick_engine::scheduler::ScheduledSeq {
+        seq: wick_engine::kv::SeqId {
+            request: wick_core::RequestId(i as u64),
+            index: 0,
+        },
+        token_ids: tokens,
+        num_computed_tokens: computed,
+        block_table: (16 * i as u32..16 * i as u32 + 16).collect(),
+        sample: true,
+        lora_slot,
+    }
+}
+
 #[test]
 fn results_held_at_once_never_share_a_graphs_memory() {
     // The engine's one-by-one retry holds several `run` results before sampling them; they
     // must not come from graphs (whose results of one batch size share memory).
-    use wick_engine::kv::SeqId;
     use wick_engine::runner::ModelRunner;
     use wick_engine::scheduler::ScheduledSeq;
     let loaded = load_smollm2(DType::F32);
@@ -90,17 +110,7 @@ fn results_held_at_once_never_share_a_graphs_memory() {
     let mut runner = ModelRunner::new(loaded.model, cache);
     runner.enable_graphs();
     let cases = golden_cases();
-    let seq = |i: usize, tokens: Vec<u32>, computed: usize| ScheduledSeq {
-        seq: SeqId {
-            request: wick_core::RequestId(i as u64),
-            index: 0,
-        },
-        token_ids: tokens,
-        num_computed_tokens: computed,
-        block_table: (16 * i as u32..16 * i as u32 + 16).collect(),
-        sample: true,
-        lora_slot: None,
-    };
+    let seq = |i: usize, tokens: Vec<u32>, computed: usize| scheduled(i, tokens, computed, None);
     // Two prompts prefilled, then one decode step each, held at once.
     let prompts = [&cases[0].prompt_token_ids, &cases[1].prompt_token_ids];
     let first: Vec<u32> = (0..2)
@@ -137,7 +147,6 @@ fn adapter_decode_steps_have_graphs_of_their_own_dropped_when_adapters_change() 
     // give what the step run as it is gives, bit for bit; changing an adapter drops the
     // graph (it reads the adapters' memory), and the next step, captured again, sees the
     // change.
-    use wick_engine::kv::SeqId;
     use wick_engine::runner::ModelRunner;
     use wick_engine::scheduler::ScheduledSeq;
     use wick_test_support::tiny::TinyGolden;
@@ -156,16 +165,8 @@ fn adapter_decode_steps_have_graphs_of_their_own_dropped_when_adapters_change() 
     runner.load_lora(0, Some(&adapter("all-r8"))).unwrap();
     runner.load_lora(1, Some(&adapter("qv-r4-rslora"))).unwrap();
     let prompt = &m.cases[0].prompt_token_ids;
-    let seq = |i: usize, tokens: Vec<u32>, computed: usize| ScheduledSeq {
-        seq: SeqId {
-            request: wick_core::RequestId(i as u64),
-            index: 0,
-        },
-        token_ids: tokens,
-        num_computed_tokens: computed,
-        block_table: (16 * i as u32..16 * i as u32 + 16).collect(),
-        sample: true,
-        lora_slot: [Some(0), Some(1), None][i],
+    let seq = |i: usize, tokens: Vec<u32>, computed: usize| {
+        scheduled(i, tokens, computed, [Some(0), Some(1), None][i])
     };
     for i in 0..3 {
         runner.run(&[&seq(i, prompt.clone(), 0)]).unwrap();
