@@ -8,7 +8,8 @@
 #      with a byte-level BPE tokenizer trained on the spot;
 #   4. wick's logits (ragged batch, chunked prefill + decode; bf16 and f32) against
 #      transformers' on the same weights and GPU, teacher-forced on wick's greedy tokens;
-#   5. `wick serve` sizing its KV cache from the GPU's memory (no --kv-cache-memory);
+#   5. `wick serve` sizing its KV cache from the GPU's memory (no --kv-cache-memory),
+#      without and with --cuda-graphs (whose sizing sets aside the graphs' memory);
 #   6. a short benchmark (prefill and single-stream decode, examples/forward_bench);
 #   7. `wick serve` without and with --cuda-graphs, a random rank-16 LoRA adapter served
 #      beside the base model: greedy completions compared (base, through the adapter, and
@@ -23,6 +24,7 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT="${OUT:-$root/gpu-out}"
+export OUT # the steps' functions run in child shells
 mkdir -p "$OUT"
 work="${WICK_GPU_WORK:-/tmp/wick-gpu}"
 mkdir -p "$work"
@@ -128,23 +130,31 @@ step compare-f32 300 python3 "$root/scripts/gpu-check.py" compare "$model" "$wor
 
 # `wick serve` with no --kv-cache-memory: the KV cache sized from the GPU (profiled
 # activation peak, --gpu-memory-utilization 0.9); the log's figures beside nvidia-smi's.
+# Then the same with --cuda-graphs, whose sizing also sets aside an estimate of the
+# graphs' memory (graph_pool_estimate_bytes; the cuda-graphs step logs what they use).
 kv_sizing() {
-  local log="$OUT/kv-sizing-serve.log" pid ok=1
-  "$bin/wick" serve --model "$model" --port 18411 >"$log" 2>&1 &
-  pid=$!
-  for _ in $(seq 240); do
-    grep -q "KV cache allocated" "$log" && { ok=0; break; }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 1
+  local mode pid ok=0
+  for mode in eager graphs; do
+    local log="$OUT/kv-sizing-$mode-serve.log" flags=() started=1
+    [ "$mode" = graphs ] && flags=(--cuda-graphs)
+    "$bin/wick" serve --model "$model" --port 18411 "${flags[@]}" >"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 240); do
+      grep -q "KV cache allocated" "$log" && { started=0; break; }
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 1
+    done
+    echo "$mode:"
+    nvidia-smi --query-gpu=memory.used,memory.total --format=csv
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    grep -E "KV cache|activation|utilization|graph_pool" "$log" || true
+    [ $started -eq 0 ] || ok=1
   done
-  nvidia-smi --query-gpu=memory.used,memory.total --format=csv
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-  grep -E "KV cache|activation|utilization" "$log" || true
   return $ok
 }
 export -f kv_sizing
 export model
-step kv-sizing 300 bash -c kv_sizing
+step kv-sizing 420 bash -c kv_sizing
 
 bench() {
   nvidia-smi --query-gpu=name --format=csv,noheader

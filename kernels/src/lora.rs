@@ -251,7 +251,8 @@ pub(crate) struct Dims {
 /// The delta of a row is computed in f32 and added to y in f32, then rounded once to the
 /// dtype; rows of tokens without adapter (slot -1 or an empty slot) come back bit for bit.
 /// Entries of a and b past a slot's rank are never read, so any padding works. When
-/// [`LoraBatch::is_empty`] (or `out` is 0) this returns `y` itself, after the same checks.
+/// [`LoraBatch::is_empty`] (or `out` or R is 0) this returns `y` itself, after the same
+/// checks.
 /// Inputs need not be contiguous (they are made so).
 pub fn lora_apply(
     y: &Tensor,
@@ -261,7 +262,7 @@ pub fn lora_apply(
     batch: &LoraBatch,
 ) -> Result<Tensor> {
     let dims = check(y, x, a, b, batch)?;
-    if batch.is_empty() || dims.out_dim == 0 {
+    if batch.is_empty() || dims.out_dim == 0 || dims.max_rank == 0 {
         return Ok(y.clone());
     }
     let op = LoraApply {

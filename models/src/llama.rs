@@ -130,20 +130,20 @@ impl LlamaModel {
                 p.enable_lora(num_slots)?;
             }
         }
-        self.lora_ranks = vec![0; num_slots];
-        self.upload_lora_ranks()
+        self.set_lora_ranks(vec![0; num_slots])
     }
 
-    /// Writes `lora_ranks` to the device table the LoRA kernels read.
-    fn upload_lora_ranks(&mut self) -> Result<()> {
-        let ranks = (self.lora_ranks.iter())
+    /// Makes `ranks` the slots' ranks, on the host and in the device table the LoRA kernels
+    /// read (uploaded first: the two never disagree).
+    fn set_lora_ranks(&mut self, ranks: Vec<usize>) -> Result<()> {
+        let table = (ranks.iter())
             .map(|&r| {
                 u32::try_from(r)
                     .map_err(|_| ModelError::invalid("LoRA rank", format!("{r} is too large")))
             })
             .collect::<Result<Vec<u32>>>()?;
-        let len = ranks.len();
-        self.lora_rank_table = Some(Tensor::from_vec(ranks, len, &self.device)?);
+        self.lora_rank_table = Some(Tensor::from_vec(table, ranks.len(), &self.device)?);
+        self.lora_ranks = ranks;
         Ok(())
     }
 
@@ -176,8 +176,9 @@ impl LlamaModel {
                 projections[p].set_lora(slot, part, pair)?;
             }
         }
-        self.lora_ranks[slot] = adapter.map_or(0, |a| a.rank);
-        self.upload_lora_ranks()
+        let mut ranks = self.lora_ranks.clone();
+        ranks[slot] = adapter.map_or(0, |a| a.rank);
+        self.set_lora_ranks(ranks)
     }
 
     /// The model's configuration.

@@ -284,6 +284,16 @@ fn no_adapter_returns_y_bit_for_bit(dev: &Device) -> Result<()> {
     );
     assert_eq!(lora_apply(&y, &x, &a, &b, &batch)?.dims(), [0, 8]);
     assert!(!LoraBatch::new(&[-1, 0], &[4, 0], dev)?.is_empty());
+    // Stacks of rank 0 (nothing loaded yet) with a token naming a slot: y, on every device.
+    let y = rand_f32(&mut rng(607), &[2, 8], dev)?;
+    let x = Tensor::zeros((2, 5), DType::F32, dev)?;
+    let (a, b) = (
+        Tensor::zeros((1, 0, 5), DType::F32, dev)?,
+        Tensor::zeros((1, 8, 0), DType::F32, dev)?,
+    );
+    let batch = LoraBatch::new(&[0, -1], &[4], dev)?;
+    let out = lora_apply(&y, &x, &a, &b, &batch)?;
+    assert_eq!(out.to_vec2::<f32>()?, y.to_vec2::<f32>()?);
     Ok(())
 }
 

@@ -69,11 +69,17 @@ pub(crate) fn kv_cache_bytes_from_device(
     let graph_peak = match graph_seqs {
         None => 0,
         Some(seqs) => {
+            let profiling = |e: &dyn std::fmt::Display| internal("profiling a graph's step", e);
+            // The step's cache and input are allocated outside the measured peak.
+            let (mut cache, input) = decode_profile(model, block_size, seqs, max_model_len)
+                .map_err(|e| profiling(&e))?;
             let (_, peak) = peak_allocation(model.device(), || {
-                profile_decode_step(model, block_size, seqs, max_model_len)
-                    .map_err(|e| candle_core::Error::msg(e.to_string()))
+                model
+                    .forward(&input, &mut cache)
+                    .map_err(candle_core::Error::wrap)?;
+                model.device().synchronize()
             })
-            .map_err(|e| internal("profiling a graph's decode step", &e))?;
+            .map_err(|e| profiling(&e))?;
             peak.unwrap_or(0)
         }
     };
@@ -136,15 +142,15 @@ pub(crate) fn profile_step(
 }
 
 /// A decode step of `seqs` sequences (rounded up to a graph batch size, at most the
-/// largest) at a context of `max_len` tokens, laid out as a graph replays it, on a cache of
-/// one block per sequence: sequence i writes its token to block i and reads block 0 for
-/// the rest of its context (the values do not matter, the memory does).
-pub(crate) fn profile_decode_step(
+/// largest) at a context of `max_len` tokens, laid out as a graph replays it, and a cache
+/// of one block per sequence to run it on: sequence i writes its token to block i and
+/// reads block 0 for the rest of its context (the values do not matter, the memory does).
+pub(crate) fn decode_profile(
     model: &Model,
     block_size: usize,
     seqs: usize,
     max_len: usize,
-) -> wick_models::Result<()> {
+) -> wick_models::Result<(KvCache, ModelInput)> {
     let largest = wick_models::GRAPH_BATCH_SIZES[wick_models::GRAPH_BATCH_SIZES.len() - 1];
     let max_len = max_len.max(1);
     let width = max_len.div_ceil(block_size);
@@ -168,12 +174,10 @@ pub(crate) fn profile_decode_step(
     let shape = GraphShape::for_decode(&chunks, block_size)
         .ok_or_else(|| wick_models::ModelError::invalid("profile", "no graph shape"))?;
     let cfg = model.config();
-    let mut cache = KvCache::new(cfg, block_size, seqs, model.dtype(), model.device())?;
+    let cache = KvCache::new(cfg, block_size, seqs, model.dtype(), model.device())?;
     let buffer = InputBuffer::new();
     let input = ModelInput::build_padded(&buffer, &chunks, block_size, model.device(), shape)?;
-    model.forward(&input, &mut cache)?;
-    model.device().synchronize()?;
-    Ok(())
+    Ok((cache, input))
 }
 
 #[cfg(test)]
@@ -202,7 +206,11 @@ mod tests {
         profile_step(&loaded.model, 16, 100, 40).unwrap();
         profile_step(&loaded.model, 16, 7, 2048).unwrap();
         // The graphs' decode step: 5 sequences padded to 8 at a context of 2048 tokens.
-        profile_decode_step(&loaded.model, 16, 5, 2048).unwrap();
+        let (mut cache, input) = decode_profile(&loaded.model, 16, 5, 2048).unwrap();
+        assert_eq!((input.num_seqs, cache.num_blocks), (8, 5));
+        assert_eq!(input.attention.max_seq_len(), 2048);
+        let logits = loaded.model.forward(&input, &mut cache).unwrap();
+        assert_eq!(logits.dim(0).unwrap(), 8);
         for graphs in [None, Some(5)] {
             let bytes = kv_cache_bytes_from_device(&loaded.model, 16, 100, 40, 0.9, graphs);
             assert_eq!(bytes.unwrap(), None);
