@@ -30,8 +30,8 @@
 //!
 //! Invariants the caller (`lora_apply`) has checked: slices have the shapes of `Dims`, every
 //! group's slot is below `num_slots`, every grouped token is below `num_tokens` and appears
-//! once (a group's rank above `max_rank` is read as `max_rank`). They are checked again here cheaply (error, not
-//! panic), and indexing stays bounds-checked.
+//! once (a group's rank above `max_rank` is read as `max_rank`). They are checked again
+//! here cheaply (error, not panic), and indexing stays bounds-checked.
 
 use crate::cpu_util::Elem;
 use crate::lora::{Dims, Group, LoraBatch};
@@ -131,9 +131,6 @@ fn apply_with<T: Elem>(
             rank: g.rank.min(max_rank),
             ..*g
         };
-        if g.rank == 0 {
-            continue;
-        }
         let Some(tokens) = batch.rows().get(g.start..g.end) else {
             bail!("lora_apply: malformed LoraBatch");
         };
