@@ -1,6 +1,6 @@
 //! The KV cache sized from the GPU (`--gpu-memory-utilization`), as vLLM does: after the
 //! weights are loaded, one step of the full token budget runs on a throwaway cache to
-//! measure the activations' peak, and the cache gets `utilization` of the GPU's memory
+//! measure the activations' peak (the cache and input themselves not counted), and the cache gets `utilization` of the GPU's memory
 //! minus what is in use (weights, the CUDA context, any other process) minus that peak.
 //! With `--cuda-graphs` the graphs' memory is set aside too: captured decode steps keep
 //! their activations in a pool of their own, outside the one eager steps use. CUDA reuses
@@ -61,39 +61,25 @@ pub(crate) fn kv_cache_bytes_from_device(
     {
         return Ok(None);
     }
-    let (_, peak) = peak_allocation(model.device(), || {
-        profile_step(model, block_size, max_num_batched_tokens, max_model_len)
-            .map_err(|e| candle_core::Error::msg(e.to_string()))
-    })
-    .map_err(|e| internal("profiling step", &e))?;
+    let prefill = prefill_profile(model, block_size, max_num_batched_tokens, max_model_len)
+        .and_then(|step| step_peak(model, step))
+        .map_err(|e| internal("profiling step", &e))?;
     let graph_peak = match graph_seqs {
         None => 0,
-        Some(seqs) => {
-            let profiling = |e: &dyn std::fmt::Display| internal("profiling a graph's step", e);
-            // The step's cache and input are allocated outside the measured peak.
-            let (mut cache, input) = decode_profile(model, block_size, seqs, max_model_len)
-                .map_err(|e| profiling(&e))?;
-            let (_, peak) = peak_allocation(model.device(), || {
-                model
-                    .forward(&input, &mut cache)
-                    .map_err(candle_core::Error::wrap)?;
-                model.device().synchronize()
-            })
-            .map_err(|e| profiling(&e))?;
-            peak.unwrap_or(0)
-        }
+        Some(seqs) => decode_profile(model, block_size, seqs, max_model_len)
+            .and_then(|step| step_peak(model, step))
+            .map_err(|e| internal("profiling a graph's step", &e))?,
     };
     let memory = device_memory(model.device())
         .map_err(|e| internal("memory query", &e))?
         .ok_or_else(|| WickError::internal("the GPU's memory is unknown"))?;
     let used = memory.total.saturating_sub(memory.free);
-    let peak = peak.unwrap_or(0);
-    let bytes = kv_cache_bytes(memory.total, used, peak + graph_peak, utilization)
+    let bytes = kv_cache_bytes(memory.total, used, prefill + graph_peak, utilization)
         .map_err(|e| WickError::invalid_param("gpu_memory_utilization", e))?;
     tracing::info!(
         total_bytes = memory.total,
         used_after_load_bytes = used,
-        activation_peak_bytes = peak,
+        activation_peak_bytes = prefill,
         graph_pool_estimate_bytes = graph_peak,
         gpu_memory_utilization = utilization,
         kv_cache_bytes = bytes,
@@ -102,21 +88,33 @@ pub(crate) fn kv_cache_bytes_from_device(
     Ok(Some(bytes))
 }
 
-/// One forward pass of `tokens` prompt tokens (sequences of at most `max_len`) on a cache
-/// just large enough, dropped after.
-pub(crate) fn profile_step(
+/// The most memory one forward pass of `step` (its cache and input, allocated before, are
+/// not counted) holds at once on `model`'s device; 0 where that is unknown (the CPU).
+fn step_peak(model: &Model, (mut cache, input): (KvCache, ModelInput)) -> wick_models::Result<u64> {
+    let (_, peak) = peak_allocation(model.device(), || {
+        model
+            .forward(&input, &mut cache)
+            .map_err(candle_core::Error::wrap)?;
+        model.device().synchronize()
+    })?;
+    Ok(peak.unwrap_or(0))
+}
+
+/// A prefill step of `tokens` prompt tokens (sequences of at most `max_len`) and a cache
+/// just large enough to run it on.
+pub(crate) fn prefill_profile(
     model: &Model,
     block_size: usize,
     tokens: usize,
     max_len: usize,
-) -> wick_models::Result<()> {
+) -> wick_models::Result<(KvCache, ModelInput)> {
     let max_len = max_len.max(1);
     let lens: Vec<usize> = (0..tokens.div_ceil(max_len))
         .map(|i| max_len.min(tokens - i * max_len))
         .collect();
     let blocks: usize = lens.iter().map(|l| l.div_ceil(block_size)).sum();
     let cfg = model.config();
-    let mut cache = KvCache::new(cfg, block_size, blocks, model.dtype(), model.device())?;
+    let cache = KvCache::new(cfg, block_size, blocks, model.dtype(), model.device())?;
     let ids = vec![0u32; max_len.min(tokens)];
     let mut next_block = 0u32;
     let tables: Vec<Vec<u32>> = (lens.iter())
@@ -136,9 +134,7 @@ pub(crate) fn profile_step(
         })
         .collect();
     let input = ModelInput::build(&chunks, block_size, model.device())?;
-    model.forward(&input, &mut cache)?;
-    model.device().synchronize()?;
-    Ok(())
+    Ok((cache, input))
 }
 
 /// A decode step of `seqs` sequences (rounded up to a graph batch size, at most the
@@ -203,8 +199,10 @@ mod tests {
     #[test]
     fn the_profile_step_runs_the_whole_budget_and_the_cpu_keeps_its_default() {
         let loaded = wick_test_support::load_smollm2(candle_core::DType::F32);
-        profile_step(&loaded.model, 16, 100, 40).unwrap();
-        profile_step(&loaded.model, 16, 7, 2048).unwrap();
+        for (tokens, max_len) in [(100, 40), (7, 2048)] {
+            let step = prefill_profile(&loaded.model, 16, tokens, max_len).unwrap();
+            assert_eq!(step_peak(&loaded.model, step).unwrap(), 0);
+        }
         // The graphs' decode step: 5 sequences padded to 8 at a context of 2048 tokens.
         let (mut cache, input) = decode_profile(&loaded.model, 16, 5, 2048).unwrap();
         assert_eq!((input.num_seqs, cache.num_blocks), (8, 5));
